@@ -1,0 +1,408 @@
+r"""P3 Durian as a verl advantage estimator (``durian``).
+
+Paper P3 (PAPERS.md, "P3. Durian"). For prompt ``s`` with rollouts ``i`` and scalar rewards ``r_{s,i}``:
+
+* perceptual difficulty ``H_s``: visual entropy of the prompt's image(s), precomputed offline (schema
+  ``visual_entropy``); prompts are split into 3 groups at the 25th / 75th percentile of H over the batch's prompts
+  (or at fixed dataset-level edges);
+* reasoning difficulty ``L_s``: mean over the prompt's rollouts of the length-normalised sequence log-probability
+  ``mean_t old_log_prob_t`` (option ``sum_prob``: ``sum_t exp(old_log_prob_t)``, the literal Eq. 14); prompts are
+  split into ``b`` equal-frequency quantile groups of L over the batch's prompts;
+* for a group ``a``: ``sigma_a`` = unbiased std of the pooled rewards of all rollouts of all prompts in ``a``, and
+  ``A^X_{s,i} = (r_{s,i} - mean_i r_{s,i}) / (sigma_{a(s)} + eps)`` (only the denominator is shared);
+* ``A = alpha_ori A^GRPO + alpha_percep A^percep + alpha_reason A^reason``, with
+  ``A^GRPO_{s,i} = (r_{s,i} - mean_i r_{s,i}) / (std_i r_{s,i} + eps)`` (always std-normalised, as in the paper;
+  ``algorithm.norm_adv_by_std_in_grpo`` is not read).
+
+Quantile groups, defined precisely (both branches):
+
+* The values grouped are one per prompt present in the batch (prompts with >= 1 non-empty response); a prompt's value
+  is the mean over its non-empty responses (for H these are normally all equal).
+* Edges are linear-interpolation quantiles (numpy/torch default ``linear`` method) of those values: the edge for
+  fraction ``q`` sits at sorted position ``q (P - 1)``. Fractions are kept exact: reasoning edges are ``k / b``,
+  ``k = 1..b-1``, computed in integer arithmetic; configured percentile fractions are converted to the nearest
+  fraction with denominator <= 1e6 (0.25 -> 1/4 exactly). An edge at an integer position is exactly that value.
+* A prompt goes to group ``j`` = number of edges strictly below its value (``torch.bucketize(right=False)``):
+  ``g0 = {v <= e1}``, ``g1 = {e1 < v <= e2}``, ... **Ties at an edge go to the lower group**, so equal values always
+  share a group and the assignment does not depend on the order of prompts.
+* **All prompts with the same value** (or a single prompt): every edge equals that value, every prompt is in group
+  0, and ``sigma_0`` is the pooled std of the whole batch. The other groups are empty and ignored.
+* With fewer prompts than groups, groups are as equal as the interpolated edges make them (distinct values each get
+  their own group); empty groups are ignored. Equal-frequency is therefore "up to ties".
+* Groups with < 2 pooled rollouts or all pooled rewards equal have ``sigma_a = 0``; their numerators are then 0 too, so
+  ``A^X = 0 / eps = 0``.
+
+Missing inputs: ``alpha_percep > 0`` needs a finite visual entropy on every non-empty response (error, or with
+``on_missing_entropy: warn`` a warning once per process and the branch dropped for that step without renormalising
+the other weights); ``alpha_reason > 0`` needs ``old_log_probs``. A branch with alpha = 0 reads nothing.
+Empty rows, singleton groups and non-finite rewards: see ``difficulty_weighted``'s module docstring.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from fractions import Fraction
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from verl.trainer.ppo.core_algos import register_adv_est
+
+from verl_difficulty.estimators.config import DurianConfig
+from verl_difficulty.estimators.difficulty_weighted import (
+    GroupMoments,
+    _summary,
+    batch_group_metrics,
+    broadcast_to_tokens,
+    check_finite,
+    float_mask,
+    group_ids_from_index,
+    group_moments,
+    output_dtype,
+    read_float_column,
+    row_dot,
+    row_sum,
+    to_floats,
+)
+from verl_difficulty.estimators.metrics import metric_name, record
+from verl_difficulty.schema import EXTRA_INFO, VISUAL_ENTROPY
+
+__all__ = [
+    "ESTIMATOR_NAME",
+    "quantile_edges",
+    "quantile_group_ids",
+    "durian_advantage",
+    "response_confidence",
+    "read_visual_entropy",
+    "compute_durian_advantage",
+]
+
+ESTIMATOR_NAME = "durian"
+METRIC_GROUP = "durian"
+_STAT_DTYPE = torch.float64
+_WARNED: dict[str, bool] = {"missing_entropy": False}
+
+_ENTROPY_HELP = (
+    f"looked in non_tensor_batch[{VISUAL_ENTROPY!r}] and non_tensor_batch[{EXTRA_INFO!r}][i][{VISUAL_ENTROPY!r}]. "
+    f"Produce it offline with the visual-entropy scorer (`verl-difficulty score`, which writes the {VISUAL_ENTROPY!r} "
+    f"column and mirrors it into {EXTRA_INFO!r}), train with the plugin's trainer seam so {EXTRA_INFO!r} reaches the "
+    "estimator, or set algorithm.difficulty.durian.alpha_percep=0 (or on_missing_entropy=warn to drop the branch)"
+)
+
+
+def _missing_entropy_message(alpha: float, missing: int, total: int) -> str:
+    return (
+        f"durian: alpha_percep={alpha} needs the visual entropy of every prompt, but {missing} of {total} non-empty "
+        f"responses have no finite {VISUAL_ENTROPY!r}; {_ENTROPY_HELP}"
+    )
+
+
+def _missing_log_probs_message(alpha: float) -> str:
+    return (
+        f"durian: alpha_reason={alpha} needs old_log_probs (bs, response_length), which stock verl does not pass to "
+        "registered estimators: train with the plugin's trainer seam (it passes old_log_probs and non_tensor_batch), "
+        "or set algorithm.difficulty.durian.alpha_reason=0"
+    )
+
+
+# ======================================================================================================================
+# quantile groups
+# ======================================================================================================================
+def _fractions(qs: Sequence[float]) -> list[Fraction]:
+    return [Fraction(q).limit_denominator(10**6) if not isinstance(q, Fraction) else q for q in qs]
+
+
+def quantile_edges(values: torch.Tensor, fractions: Sequence[Fraction | float]) -> torch.Tensor:
+    r"""Linear-interpolation quantiles of ``values`` at exact rational ``fractions`` (P3 regrouping, PAPERS.md).
+
+    Same as ``torch.quantile(values, q, interpolation="linear")`` but the sorted position ``q (P - 1)`` is computed in
+    integer arithmetic, so an edge at an integer position is exactly a data value (ties at edges are then
+    deterministic).
+
+    Args:
+        values: (P,) float, P >= 1.
+        fractions: k increasing fractions in [0, 1].
+    Returns:
+        (k,) non-decreasing edges, dtype of ``values``.
+    """
+    fr = _fractions(fractions)
+    sv = torch.sort(values).values
+    last = sv.numel() - 1
+    num = torch.tensor([f.numerator for f in fr], dtype=torch.int64) * last
+    den = torch.tensor([f.denominator for f in fr], dtype=torch.int64)
+    lo = torch.div(num, den, rounding_mode="floor")
+    rem = num - lo * den
+    hi = (lo + 1).clamp(max=last)
+    v_lo, v_hi = sv[lo], sv[hi]
+    frac = rem.to(values.dtype) / den.to(values.dtype)
+    interp = torch.minimum(v_lo + (v_hi - v_lo) * frac, v_hi)
+    return torch.where(rem == 0, v_lo, interp)
+
+
+def quantile_group_ids(
+    values: torch.Tensor,
+    fractions: Sequence[Fraction | float],
+    edges: Optional[Sequence[float]] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Group index of each value: the number of edges strictly below it (ties at an edge -> lower group). P3 regrouping.
+
+    Args:
+        values: (P,) float, one per prompt.
+        fractions: the k quantile fractions (k + 1 groups) used when ``edges`` is None.
+        edges: k fixed non-decreasing edges (dataset-level), or None for batch quantiles of ``values``.
+    Returns:
+        groups: (P,) int64 in [0, k].
+        edges: (k,) the edges used.
+    """
+    if edges is None:
+        if values.numel() == 0:
+            return torch.zeros(0, dtype=torch.int64), torch.zeros(len(fractions), dtype=values.dtype)
+        e = quantile_edges(values, fractions)
+    else:
+        e = torch.as_tensor(list(edges), dtype=values.dtype)
+    return torch.bucketize(values, e, right=False), e
+
+
+# ======================================================================================================================
+# Durian core
+# ======================================================================================================================
+def _prompt_mean(values: torch.Tensor, gid: torch.Tensor, m: GroupMoments, valid: torch.Tensor) -> torch.Tensor:
+    """(bs,) per-response values -> (G,) mean over each group's non-empty responses (0 for absent groups)."""
+    vals = torch.where(valid, values, torch.zeros_like(values))
+    return torch.zeros_like(m.count).index_add(0, gid, vals) / m.count.clamp(min=1.0)
+
+
+def _branch(
+    name: str,
+    prompt_values: torch.Tensor,
+    fractions: Sequence[Fraction | float],
+    edges: Optional[Sequence[float]],
+    r: torch.Tensor,
+    gid: torch.Tensor,
+    m: GroupMoments,
+    valid: torch.Tensor,
+    eps: float,
+    metrics: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """One regrouped branch: quantile groups of the present prompts' values, pooled sigma_a, A^X (bs,)."""
+    present = m.count > 0
+    num_groups = len(fractions) + 1
+    groups, used_edges = quantile_group_ids(prompt_values[present], fractions, edges)
+    grp = torch.zeros(m.count.numel(), dtype=torch.int64)
+    grp[present] = groups  # absent prompts have no valid rows: their group does not matter
+    resp_grp = grp[gid]
+    pool = group_moments(r, resp_grp, num_groups, valid)
+    adv = m.centred / (pool.std[resp_grp] + eps)
+
+    n_prompts = torch.zeros(num_groups, dtype=_STAT_DTYPE).index_add(0, groups, torch.ones_like(groups, dtype=_STAT_DTYPE))
+    nonempty = (pool.count > 0).tolist()
+    for j in range(num_groups):  # metric names only; the computation above is vectorised
+        metrics[f"{name}_prompts/g{j}"] = n_prompts[j]
+        if name == "percep" or nonempty[j]:
+            metrics[f"{name}_std/g{j}"] = pool.std[j]
+    if name == "percep":
+        for k in range(used_edges.numel()):
+            metrics[f"{name}_edge/{k}"] = used_edges[k]
+    metrics.update(_summary(f"{name}_std", pool.std[pool.count > 0]))
+    return adv
+
+
+def durian_advantage(
+    scores: torch.Tensor,
+    group_ids: torch.Tensor,
+    cfg: DurianConfig,
+    *,
+    entropy: Optional[torch.Tensor] = None,
+    confidence: Optional[torch.Tensor] = None,
+    valid: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    r"""Per-response Durian advantages (pure tensor core; P3, PAPERS.md "P3. Durian").
+
+    ``A = alpha_ori (r - mu_s)/(std_s + eps) + alpha_percep (r - mu_s)/(sigma_{percep(s)} + eps)
+    + alpha_reason (r - mu_s)/(sigma_{reason(s)} + eps)``; see the module docstring for the grouping rules.
+
+    Args:
+        scores: (bs,) float scalar rewards r.
+        group_ids: (bs,) integer prompt (group) id of each response.
+        cfg: the estimator's settings; a branch with alpha 0 is skipped and needs no input.
+        entropy: (bs,) float visual entropy per response (NaN = missing); needed when ``alpha_percep > 0``.
+        confidence: (bs,) float per-response confidence (length-normalised sequence log-prob, or summed token
+            probability); needed when ``alpha_reason > 0``. The prompt's L is the mean over its non-empty responses.
+        valid: (bs,) bool, False for empty responses (advantage 0, excluded from every statistic).
+
+    Returns:
+        advantages: (bs,) dtype of ``scores`` (float32 if integer).
+        metrics: ``difficulty/durian/*`` floats: percep_std/g0..g2, percep_prompts/g0..g2, percep_edge/0..1,
+            reason_std/g*, reason_prompts/g*, *_std_mean/min/max, entropy_* and confidence_* (mean/min/max over
+            prompts), percep_active, group_size_*, zero_variance_frac, singleton_frac, num_prompts, empty_responses.
+
+    Raises:
+        ValueError: non-finite rewards or confidences (how many, which indices); a missing input of an active branch.
+    """
+    bs = scores.shape[0]
+    if group_ids.shape != (bs,):
+        raise ValueError(f"group_ids must be (bs,)={bs}, got {tuple(group_ids.shape)}")
+    check_finite(scores, "reward")
+    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
+    valid = torch.ones(bs, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    r = scores.to(_STAT_DTYPE)
+    _, gid = torch.unique(group_ids, return_inverse=True)
+    num_groups = int(gid.max()) + 1 if bs else 0
+    m = group_moments(r, gid, num_groups, valid)
+    present = m.count > 0
+    eps = cfg.epsilon
+
+    metrics: dict[str, torch.Tensor] = batch_group_metrics(m, valid)
+    adv = torch.zeros(bs, dtype=_STAT_DTYPE)
+    if cfg.alpha_ori > 0:
+        adv += cfg.alpha_ori * (m.centred / (m.std[gid] + eps))
+
+    if cfg.alpha_percep > 0:
+        missing = int(valid.sum()) if entropy is None else int((valid & ~torch.isfinite(entropy.to(_STAT_DTYPE))).sum())
+        if missing:
+            message = _missing_entropy_message(cfg.alpha_percep, missing, int(valid.sum()))
+            if cfg.on_missing_entropy == "error":
+                raise ValueError(message)
+            if not _WARNED["missing_entropy"]:
+                _WARNED["missing_entropy"] = True
+                warnings.warn(message + ". Dropping the perceptual branch (warned once).", RuntimeWarning,
+                              stacklevel=2)
+            metrics["percep_active"] = torch.tensor(0.0)
+        else:
+            metrics["percep_active"] = torch.tensor(1.0)
+            h = _prompt_mean(entropy.to(_STAT_DTYPE), gid, m, valid)
+            metrics.update(_summary("entropy", h[present]))
+            adv += cfg.alpha_percep * _branch(
+                "percep", h, cfg.percep_quantiles, cfg.percep_edges, r, gid, m, valid, eps, metrics
+            )
+
+    if cfg.alpha_reason > 0:
+        if confidence is None:
+            raise ValueError(
+                f"durian: alpha_reason={cfg.alpha_reason} needs per-response confidences (from old_log_probs); "
+                "set algorithm.difficulty.durian.alpha_reason=0 to run without them"
+            )
+        conf = confidence.to(_STAT_DTYPE)
+        check_finite(torch.where(valid, conf, torch.zeros_like(conf)), "confidence (mean old_log_prob)")
+        lval = _prompt_mean(conf, gid, m, valid)
+        metrics.update(_summary("confidence", lval[present]))
+        fractions = [Fraction(k, cfg.reason_groups) for k in range(1, cfg.reason_groups)]
+        adv += cfg.alpha_reason * _branch("reason", lval, fractions, None, r, gid, m, valid, eps, metrics)
+
+    metrics = {metric_name(METRIC_GROUP, k): v for k, v in metrics.items()}
+    return adv.to(out_dtype), to_floats(metrics)
+
+
+# ======================================================================================================================
+# verl wrapper
+# ======================================================================================================================
+def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[np.ndarray]:
+    """(bs,) float64 visual entropy per response, NaN where missing; None if there is no source at all.
+
+    Sources, first found: a flat ``non_tensor_batch["visual_entropy"]`` column, else
+    ``non_tensor_batch["extra_info"][i]["visual_entropy"]``.
+    """
+    col = read_float_column(non_tensor_batch, VISUAL_ENTROPY, bs)
+    if col is not None:
+        return col
+    extra = None if non_tensor_batch is None else non_tensor_batch.get(EXTRA_INFO, None)
+    if extra is None:
+        return None
+    if len(extra) != bs:
+        raise ValueError(f"non_tensor_batch[{EXTRA_INFO!r}] must have length {bs}, got {len(extra)}")
+
+    def one(e: Any) -> float:
+        v = e.get(VISUAL_ENTROPY, None) if isinstance(e, Mapping) else None
+        if v is None:
+            return float("nan")
+        try:
+            return float(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{EXTRA_INFO}[...][{VISUAL_ENTROPY!r}] must be a number, got {v!r}") from exc
+
+    return np.fromiter((one(e) for e in extra), dtype=np.float64, count=bs)
+
+
+def response_confidence(
+    old_log_probs: torch.Tensor, mask_f: torch.Tensor, lengths: torch.Tensor, sum_prob: bool = False
+) -> torch.Tensor:
+    r"""Per-response confidence from the old policy's log-probs (P3 reasoning difficulty, PAPERS.md "P3").
+
+    Args:
+        old_log_probs: (bs, T) float.
+        mask_f: (bs, T) float 0/1 response mask.
+        lengths: (bs,) number of response tokens.
+        sum_prob: False: ``sum_t lp_t m_t / len`` (length-normalised sequence log-prob); True: ``sum_t exp(lp_t) m_t``
+            (the literal Eq. 14).
+    Returns:
+        (bs,) float64; 0 on empty rows.
+    """
+    lp = old_log_probs.to(mask_f.dtype)
+    if sum_prob:
+        return row_dot(torch.exp(lp), mask_f).to(_STAT_DTYPE)
+    total = row_dot(lp, mask_f).to(_STAT_DTYPE)
+    lengths = lengths.to(_STAT_DTYPE)
+    return torch.where(lengths > 0, total / lengths.clamp(min=1.0), torch.zeros_like(total))
+
+
+@register_adv_est(ESTIMATOR_NAME)
+def compute_durian_advantage(
+    token_level_rewards: torch.Tensor,
+    response_mask: torch.Tensor,
+    config: Any = None,
+    index: Optional[np.ndarray] = None,
+    non_tensor_batch: Optional[dict] = None,
+    old_log_probs: Optional[torch.Tensor] = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""verl estimator ``durian`` (P3 Durian; PAPERS.md "P3").
+
+    Args:
+        token_level_rewards: (bs, T) float; r = sum over T.
+        response_mask: (bs, T) any dtype (0/1).
+        config: verl's ``algorithm`` config; settings under ``difficulty.durian`` (``DurianConfig``).
+        index: (bs,) object array of uid per response (verl's group id).
+        non_tensor_batch: seam input; ``visual_entropy`` or ``extra_info[i]["visual_entropy"]`` is read when
+            ``alpha_percep > 0``.
+        old_log_probs: (bs, T) seam input; needed when ``alpha_reason > 0``.
+        **kwargs: ignored.
+
+    Returns:
+        (advantages, returns): the same (bs, T) tensor twice, ``A[:, None] * response_mask``.
+    """
+    cfg = DurianConfig.from_algorithm_config(config)
+    with torch.no_grad():
+        bs = token_level_rewards.shape[0]
+        if response_mask.shape != token_level_rewards.shape:
+            raise ValueError(f"response_mask {tuple(response_mask.shape)} must match token_level_rewards "
+                             f"{tuple(token_level_rewards.shape)}")
+        mask_f, owned = float_mask(response_mask, output_dtype(token_level_rewards))
+        scores = row_sum(token_level_rewards.to(mask_f.dtype))
+        lengths = row_sum(mask_f)
+        valid = lengths != 0
+        gid = group_ids_from_index(index, non_tensor_batch, bs)
+
+        entropy = None
+        if cfg.alpha_percep > 0:
+            ent = read_visual_entropy(non_tensor_batch, bs)
+            entropy = None if ent is None else torch.from_numpy(ent)
+        problems = []  # name every missing input at once
+        if cfg.alpha_reason > 0 and old_log_probs is None:
+            problems.append(_missing_log_probs_message(cfg.alpha_reason))
+        if problems and entropy is None and cfg.alpha_percep > 0 and cfg.on_missing_entropy == "error":
+            problems.append(_missing_entropy_message(cfg.alpha_percep, int(valid.sum()), int(valid.sum())))
+        if problems:
+            raise ValueError("\n".join(problems))
+
+        confidence = None
+        if cfg.alpha_reason > 0:
+            if old_log_probs.shape != response_mask.shape:
+                raise ValueError(f"old_log_probs {tuple(old_log_probs.shape)} must match response_mask "
+                                 f"{tuple(response_mask.shape)}")
+            confidence = response_confidence(old_log_probs, mask_f, lengths, cfg.sum_prob)
+
+        adv, metrics = durian_advantage(scores, gid, cfg, entropy=entropy, confidence=confidence, valid=valid)
+        record(metrics)
+        out = broadcast_to_tokens(adv, mask_f, owned)
+    return out, out

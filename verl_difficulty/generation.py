@@ -1,0 +1,183 @@
+"""Batched token-in/token-out generation with a transformers model, text and images (Qwen2.5-VL style).
+
+Shared by the CPU rollout replica (``verl_difficulty.cpu.rollout``) and the offline scorers' transformers backend.
+Log-probabilities are computed from the RAW logits, ``log_softmax(logits / T)`` (what verl's actor recomputes), not
+from the processed scores (top-k/top-p/suppression), so rollout and actor log-probs agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import torch
+
+# Qwen-VL vision placeholder tokens: never sampled (vLLM bans them too).
+VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>")
+
+
+@dataclass
+class GenRequest:
+    """One generation request: prompt token ids (image placeholders already expanded) and its images."""
+
+    prompt_ids: list[int]
+    images: Optional[list[Any]] = None
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling parameters (vLLM-style values are accepted: ``top_k=-1`` means no top-k)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_new_tokens: int = 64
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    seed: Optional[int] = None
+
+    def key(self) -> tuple:
+        return (self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.repetition_penalty, self.ignore_eos)
+
+
+@dataclass
+class GenResult:
+    token_ids: list[int]
+    log_probs: list[float] = field(default_factory=list)
+    finish_reason: str = "length"
+
+
+def load_generation_model(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
+    """Load a causal LM or an image-text-to-text model (when the config has a vision part) in eval mode."""
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    has_vision = getattr(config, "vision_config", None) is not None
+    auto = transformers.AutoModelForImageTextToText if has_vision else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    model.eval()
+    return model
+
+
+class HFGenerator:
+    """Batched generation over a transformers model with left padding.
+
+    Args:
+        model: a loaded transformers model (``load_generation_model``).
+        tokenizer: its tokenizer (pad / eos ids).
+        processor: the multimodal processor (``None`` for text-only models); its ``image_processor`` turns images into
+            ``pixel_values`` / ``image_grid_thw``.
+    """
+
+    def __init__(self, model, tokenizer, processor=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.image_processor = getattr(processor, "image_processor", None)
+        cfg = model.config
+        self.image_token_id = getattr(cfg, "image_token_id", None)
+        self.video_token_id = getattr(cfg, "video_token_id", None)
+        vision_cfg = getattr(cfg, "vision_config", None)
+        self.merge_size = getattr(vision_cfg, "spatial_merge_size", 2) if vision_cfg is not None else 1
+        vocab = tokenizer.get_vocab()
+        self.suppress_ids = sorted({vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab})
+        eos = []
+        for src in (getattr(model, "generation_config", None), tokenizer):
+            e = getattr(src, "eos_token_id", None)
+            if e is None:
+                continue
+            eos.extend(e if isinstance(e, (list, tuple)) else [e])
+        self.eos_ids = sorted(set(int(e) for e in eos))
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+
+    # ------------------------------------------------------------------------------------------------------------
+    def _vision_inputs(self, requests: Sequence[GenRequest]) -> dict[str, torch.Tensor]:
+        images = [img for r in requests for img in (r.images or [])]
+        if not images:
+            return {}
+        if self.image_processor is None:
+            raise ValueError("requests carry images but the model has no processor with an image_processor")
+        out = self.image_processor(images=images, return_tensors="pt")
+        grid = out["image_grid_thw"]
+        tokens_per_image = (grid.prod(-1) // (self.merge_size**2)).tolist()
+        k = 0
+        for i, r in enumerate(requests):
+            n_img = len(r.images or [])
+            expected = int(sum(tokens_per_image[k : k + n_img]))
+            k += n_img
+            got = sum(1 for t in r.prompt_ids if t == self.image_token_id)
+            if got != expected:
+                raise ValueError(
+                    f"request {i}: {got} image placeholder tokens in the prompt but its {n_img} image(s) need "
+                    f"{expected} (image_grid_thw={grid.tolist()}, merge={self.merge_size}); the prompt must be "
+                    "built by the same processor with the same min/max pixels"
+                )
+        return {"pixel_values": out["pixel_values"].to(self.model.dtype), "image_grid_thw": grid}
+
+    @torch.no_grad()
+    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
+        """Generate for a batch of requests sharing one sampling config.
+
+        Returns one ``GenResult`` per request: new token ids (eos included when hit), their log-probs under
+        ``log_softmax(raw_logits / T)`` (T = 1 for greedy), and ``finish_reason`` ``stop`` or ``length``.
+        """
+        if not requests:
+            return []
+        device = next(self.model.parameters()).device
+        lengths = [len(r.prompt_ids) for r in requests]
+        width = max(lengths)
+        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
+        for i, r in enumerate(requests):
+            input_ids[i, width - lengths[i] :] = torch.tensor(r.prompt_ids, dtype=torch.long)
+            attention_mask[i, width - lengths[i] :] = 1
+        kwargs: dict[str, Any] = self._vision_inputs(requests)
+        if kwargs:
+            mm = torch.zeros_like(input_ids)
+            mm[input_ids == self.image_token_id] = 1
+            if self.video_token_id is not None:
+                mm[input_ids == self.video_token_id] = 2
+            mm[attention_mask == 0] = 0
+            kwargs["mm_token_type_ids"] = mm
+        greedy = sampling.temperature is None or sampling.temperature <= 0
+        temperature = 1.0 if greedy else float(sampling.temperature)
+        top_k = sampling.top_k if sampling.top_k and sampling.top_k > 0 else None
+        gen_kwargs = dict(
+            do_sample=not greedy,
+            max_new_tokens=int(sampling.max_new_tokens),
+            pad_token_id=self.pad_id,
+            eos_token_id=None if sampling.ignore_eos else (self.eos_ids or None),
+            suppress_tokens=self.suppress_ids or None,
+            output_logits=True,
+            return_dict_in_generate=True,
+            repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None,
+        )
+        if not greedy:
+            gen_kwargs.update(temperature=temperature, top_p=float(sampling.top_p), top_k=top_k or 0)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if sampling.seed is not None:
+            torch.manual_seed(int(sampling.seed))
+        out = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs, **gen_kwargs
+        )
+        new_tokens = out.sequences[:, width:].cpu()
+        if out.logits:
+            logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, new, V)
+            logp = torch.log_softmax(logits / temperature, dim=-1)
+            token_logp = logp.gather(-1, new_tokens[:, : logits.shape[1]].unsqueeze(-1)).squeeze(-1)
+        else:
+            token_logp = torch.zeros_like(new_tokens, dtype=torch.float32)
+        results = []
+        eos = set(self.eos_ids) if not sampling.ignore_eos else set()
+        for i in range(len(requests)):
+            ids = new_tokens[i].tolist()
+            n = len(ids)
+            reason = "length"
+            for j, t in enumerate(ids):
+                if t in eos:
+                    n, reason = j + 1, "stop"
+                    break
+            results.append(GenResult(token_ids=ids[:n], log_probs=token_logp[i, :n].tolist(), finish_reason=reason))
+        return results

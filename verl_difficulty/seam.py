@@ -1,0 +1,217 @@
+"""The seam between verl-difficulty and verl's v1 trainer: the ``difficulty`` trainer mode.
+
+Select it with ``trainer.v1.trainer_mode=difficulty``. It is verl's synchronous trainer (``PPOTrainerSync``) plus:
+
+1. **Per-sample estimator inputs.** Before verl's advantage step it fetches, for the same TransferQueue keys,
+   ``extra_info`` (with the stable prompt id ``extra_info.index``), ``data_source``, the reward's extra info (``acc``,
+   ``format``...) and ``old_log_probs``, and publishes them (:mod:`verl_difficulty.seam_context`) so the plugin's
+   estimators receive them as keyword arguments.
+2. **The plugin's sampler.** It rebuilds verl's ``StatefulDataLoader`` around :class:`DifficultySampler` and feeds
+   it each step's outcomes (prompt id, correctness per response). The sampler's state rides in verl's ``data.pt``.
+3. **Metrics.** ``difficulty/...`` entries are added to verl's step metrics.
+
+verl internals this depends on (check them on a verl upgrade; verl 0.9.1 line numbers):
+
+* ``verl/trainer/ppo/v1/trainer_base.py:1996-2023`` ``register_trainer``; ``trainer_sync.py:24`` ``PPOTrainerSync``.
+* ``trainer_base.py:129`` ``self.trainer_mode`` read from ``config.trainer.v1.trainer_mode``; the base compares it
+  with ``"sync"`` (``:153,:731,:902,:912,:1004,:1499``), so this mode rewrites the config value to ``"sync"``.
+* ``trainer_base.py:708-758`` ``_init_dataloader`` (attributes ``train_dataset``, ``train_dataloader``,
+  ``train_dataloader_it``); the dataloader state is saved to / loaded from ``data.pt`` (``:1001``, ``:885-889``).
+* ``trainer_base.py:1743-1802`` ``_compute_advantage(batch: KVBatchMeta, metrics)`` reading TransferQueue with
+  ``tq.kv_batch_get(keys, partition_id, select_fields)``; non-GRPO estimators see the rows in ``batch.keys`` order
+  (``trainer/ppo/v1/utils.py:167-176``).
+* Per-trajectory TransferQueue fields written by the agent loop (``trainer/ppo/v1/agent_loop_tq.py:182-227``):
+  dataset columns (``extra_info``, ``data_source``), ``extra_fields["reward_extra_info"]``, ``rm_scores``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from verl_difficulty import schema
+from verl_difficulty.sampler import DifficultySampler, SamplerConfig
+from verl_difficulty.seam_context import seam_inputs
+
+logger = logging.getLogger(__name__)
+
+TRAINER_MODE = "difficulty"
+# TransferQueue fields holding per-sample data (agent_loop_tq.py:182-227)
+_FIELDS = ["uid", "extra_info", "data_source", "extra_fields", "rm_scores", "response_mask", "old_log_probs"]
+
+
+@dataclass
+class SeamConfig:
+    """Top-level ``difficulty`` section of a recipe (declared with defaults in the recipes, so no ``+`` is needed).
+
+    Args:
+        sampler (`SamplerConfig`): the plugin's sampler (``difficulty.sampler.*``).
+        correct_threshold (`float`, defaults to `0.5`): a response is correct when its reward ``>=`` this, for reward
+            functions that do not report ``acc`` in their extra info.
+    """
+
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    correct_threshold: float = 0.5
+
+    @classmethod
+    def from_config(cls, section: Any) -> "SeamConfig":
+        d = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section or {})
+        sampler = SamplerConfig.from_dict(d.pop("sampler", None))
+        known = {"correct_threshold"}
+        unknown = sorted(set(d) - known - {"estimators", "hints", "demo"})
+        if unknown:
+            raise ValueError(f"difficulty: unknown settings {unknown}")
+        return cls(sampler=sampler, correct_threshold=float(d.get("correct_threshold", 0.5)))
+
+
+def _as_list(value: Any, n: int) -> list:
+    """TransferQueue non-tensor fields come back as NonTensorStack / lists / arrays: make a plain list of n."""
+    if value is None:
+        return [None] * n
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    value = list(value)
+    if len(value) != n:
+        raise RuntimeError(f"verl-difficulty seam: field has {len(value)} rows, expected {n}")
+    return value
+
+
+def _padded(t: torch.Tensor) -> torch.Tensor:
+    """Right-padded dense copy of a (possibly nested/jagged) per-response tensor, as verl pads it."""
+    return torch.nested.to_padded_tensor(t, 0.0) if getattr(t, "is_nested", False) else t
+
+
+def per_sample_fields(data, n: int) -> dict[str, np.ndarray]:
+    """Build the estimators' ``non_tensor_batch`` from a TransferQueue batch (TensorDict) of n trajectories."""
+    keys = set(data.keys())
+    out: dict[str, np.ndarray] = {}
+    out["uid"] = np.array(_as_list(data["uid"], n), dtype=object)
+    extra = _as_list(data["extra_info"] if "extra_info" in keys else None, n)
+    extra = [e if isinstance(e, dict) else {} for e in extra]
+    out[schema.EXTRA_INFO] = np.array(extra, dtype=object)
+    pid = [e.get(schema.PROMPT_ID) for e in extra]
+    out[schema.SEAM_PROMPT_ID] = np.array([int(p) if p is not None else -1 for p in pid], dtype=np.int64)
+    out[schema.DATA_SOURCE] = np.array(_as_list(data["data_source"] if "data_source" in keys else None, n), dtype=object)
+    fields = _as_list(data["extra_fields"] if "extra_fields" in keys else None, n)
+    reward_extra = [(f or {}).get("reward_extra_info", {}) if isinstance(f, dict) else {} for f in fields]
+    names = sorted({k for r in reward_extra for k in (r or {}) if k not in out})
+    for name in names:
+        vals = [(r or {}).get(name) for r in reward_extra]
+        try:
+            arr = np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+        except (TypeError, ValueError):
+            arr = np.array(vals, dtype=object)
+        out[name] = arr
+    return out
+
+
+def _trainer_classes():
+    from verl.trainer.ppo.v1.trainer_base import register_trainer
+    from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
+
+    return register_trainer, PPOTrainerSync
+
+
+def register_trainer_mode() -> None:
+    """Register :class:`DifficultyTrainer` under ``difficulty`` in verl's trainer registry (idempotent)."""
+    from verl.trainer.ppo.v1.trainer_base import TRAINER_REGISTRY
+
+    if TRAINER_MODE in TRAINER_REGISTRY:
+        return
+    register_trainer, PPOTrainerSync = _trainer_classes()
+
+    @register_trainer(TRAINER_MODE)
+    class DifficultyTrainer(PPOTrainerSync):
+        """verl's sync trainer with per-sample estimator inputs, the difficulty sampler and difficulty metrics."""
+
+        def __init__(self, config: DictConfig):
+            # keep verl's sync semantics: the base class compares trainer_mode with "sync" in several places.
+            with open_dict(config):
+                config.trainer.v1.trainer_mode = "sync"
+            self.difficulty_config = SeamConfig.from_config(config.get("difficulty", None))
+            self.difficulty_sampler: Optional[DifficultySampler] = None
+            super().__init__(config)
+
+        # -------------------------------------------------------------- sampler
+        def _init_dataloader(self):
+            super()._init_dataloader()
+            scfg = self.difficulty_config.sampler
+            if not scfg.enable:
+                return
+            from torchdata.stateful_dataloader import StatefulDataLoader
+            from verl.utils.dataset.rl_dataset import collate_fn
+
+            num_workers = int(self.config.data.get("dataloader_num_workers", 0))
+            if num_workers > 0:
+                raise ValueError(
+                    f"difficulty.sampler.enable=true needs data.dataloader_num_workers=0 (got {num_workers}): "
+                    "worker prefetch draws indices ahead of time and the sampler's online updates would be lost"
+                )
+            self.difficulty_sampler = DifficultySampler.from_dataset(self.train_dataset, scfg)
+            gen_batch_size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
+            self.train_dataloader = StatefulDataLoader(
+                dataset=self.train_dataset,
+                batch_size=gen_batch_size,
+                num_workers=0,
+                drop_last=True,
+                collate_fn=collate_fn,
+                sampler=self.difficulty_sampler,
+            )
+            self.train_dataloader_it = None
+            logger.info("verl-difficulty: difficulty sampler installed over %d prompts", len(self.difficulty_sampler))
+
+        # -------------------------------------------------------------- advantage step
+        def _compute_advantage(self, batch, metrics: dict):
+            import transfer_queue as tq
+
+            from verl_difficulty.estimators import metrics as est_metrics
+
+            data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_FIELDS)
+            n = len(batch.keys)
+            ntb = per_sample_fields(data, n)
+            old_log_probs = _padded(data["old_log_probs"]) if "old_log_probs" in data.keys() else None
+            est_metrics.pop_all()
+            with seam_inputs(ntb, old_log_probs):
+                batch = super()._compute_advantage(batch, metrics)
+            metrics.update(est_metrics.pop_all())
+
+            # outcomes -> sampler and metrics
+            reward = _padded(data["rm_scores"]).float().sum(-1).cpu().numpy()
+            acc = ntb.get(schema.ACC)
+            if isinstance(acc, np.ndarray) and acc.dtype.kind == "f" and np.isfinite(acc).all():
+                correct = acc
+            else:
+                correct = (reward >= self.difficulty_config.correct_threshold).astype(np.float64)
+            pid = ntb[schema.SEAM_PROMPT_ID]
+            metrics.update(self._batch_metrics(ntb, correct, old_log_probs))
+            if self.difficulty_sampler is not None:
+                self.difficulty_sampler.update(pid, correct)
+                metrics.update(self.difficulty_sampler.metrics())
+            return batch
+
+        @staticmethod
+        def _batch_metrics(ntb: dict, correct: np.ndarray, old_log_probs) -> dict[str, float]:
+            uid = ntb["uid"]
+            _, inv = np.unique(uid, return_inverse=True)
+            n_groups = inv.max() + 1 if len(inv) else 0
+            sums = np.bincount(inv, weights=correct, minlength=n_groups)
+            counts = np.bincount(inv, minlength=n_groups)
+            p = sums / np.maximum(counts, 1)
+            zero_var = ((p == 0) | (p == 1)).mean() if n_groups else 0.0
+            pid = ntb[schema.SEAM_PROMPT_ID]
+            return {
+                "difficulty/batch/acc_mean": float(correct.mean()) if len(correct) else 0.0,
+                "difficulty/batch/group_pass_rate_mean": float(p.mean()) if n_groups else 0.0,
+                "difficulty/batch/zero_variance_frac": float(zero_var),
+                "difficulty/seam/prompt_id_coverage": float((pid >= 0).mean()) if len(pid) else 0.0,
+                "difficulty/seam/has_old_log_probs": float(old_log_probs is not None),
+                "difficulty/seam/has_acc": float(schema.ACC in ntb),
+            }
+
+    DifficultyTrainer.__module__ = __name__
+    globals()["DifficultyTrainer"] = DifficultyTrainer

@@ -1,0 +1,163 @@
+"""Benchmark of the difficulty-aware advantage estimators against verl's GRPO and a memory floor (CPU, float32).
+
+For each shape (responses x tokens) with n = 8 rollouts per prompt it times, as medians over several repeats after a
+warm-up, all called the way verl calls them (uid object array, (bs, T) tensors):
+
+* ``verl_grpo_vec``: ``verl.trainer.ppo.core_algos.compute_grpo_vectorized_outcome_advantage``;
+* ``difficulty_weighted`` and ``durian`` (default settings, seam inputs: ``acc``, ``extra_info`` with
+  ``visual_entropy``, ``old_log_probs``);
+* the memory floor, measured in the same run: one read of each input and one write of the output, i.e. a row
+  reduction of ``token_level_rewards`` (for durian also of ``old_log_probs``) and ``scalar[:, None] * mask``. Each
+  row reduction is timed both as ``x.sum(-1)`` and as a BLAS gemv ``x @ ones`` and the faster one is the floor (a
+  strict floor: the estimators may use either).
+
+Targets (float32 mask): difficulty_weighted <= 1.5x floor, durian <= 2.0x floor. The int64 mask rows show verl's
+actual response-mask dtype (verl's agent loop builds it as int64); there the floor's broadcast goes through torch's
+type-promoting multiply.
+
+Usage: ``python benchmarks/advantage.py [--quick] [--repeats N] [--mask-dtypes float32,int64] [--threads N]``. Always exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from verl.trainer.ppo.core_algos import compute_grpo_vectorized_outcome_advantage  # noqa: E402
+
+from verl_difficulty.estimators import metrics as est_metrics  # noqa: E402
+from verl_difficulty.estimators.difficulty_weighted import compute_difficulty_weighted_advantage  # noqa: E402
+from verl_difficulty.estimators.durian import compute_durian_advantage  # noqa: E402
+from verl_difficulty.schema import ACC, EXTRA_INFO, VISUAL_ENTROPY  # noqa: E402
+
+N_ROLLOUTS = 8
+FULL_SHAPES = [(4096, 2048), (16384, 1024)]
+QUICK_SHAPES = [(512, 256), (1024, 128)]
+TARGETS = {"difficulty_weighted": 1.5, "durian": 2.0}
+
+
+def make_inputs(bs: int, T: int, mask_dtype: torch.dtype, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n_prompts = bs // N_ROLLOUTS
+    uids = np.array([str(uuid.UUID(int=int(rng.integers(2**62)))) for _ in range(n_prompts)], dtype=object)
+    index = np.repeat(uids, N_ROLLOUTS)
+    lengths = torch.randint(1, T + 1, (bs,), generator=g)
+    mask = (torch.arange(T)[None, :] < lengths[:, None]).to(mask_dtype)
+    r = (torch.rand(bs, generator=g) > 0.5).float()
+    tlr = torch.zeros(bs, T)
+    tlr[torch.arange(bs), lengths - 1] = r  # outcome reward on the last response token, as verl does
+    lp = -torch.rand(bs, T, generator=g)
+    h = rng.uniform(0.0, 5.0, size=n_prompts).repeat(N_ROLLOUTS)
+    ntb = {
+        "uid": index,
+        ACC: r.numpy().astype(np.float64),
+        EXTRA_INFO: np.array([{"index": i // N_ROLLOUTS, VISUAL_ENTROPY: float(h[i])} for i in range(bs)],
+                             dtype=object),
+    }
+    return dict(tlr=tlr, mask=mask, lp=lp, index=index, ntb=ntb)
+
+
+def timeit(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
+    """(median, min) wall time in seconds over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(times), min(times)
+
+
+def bench_shape(bs: int, T: int, mask_dtype: torch.dtype, repeats: int) -> list[dict]:
+    x = make_inputs(bs, T, mask_dtype)
+    tlr, mask, lp, index, ntb = x["tlr"], x["mask"], x["lp"], x["index"], x["ntb"]
+    ones = torch.ones(T)
+    scalar = torch.randn(bs)
+
+    def floor_dw_sum():
+        s = tlr.sum(-1)
+        return (s + scalar)[:, None] * mask
+
+    def floor_dw_gemv():
+        s = tlr @ ones
+        return (s + scalar)[:, None] * mask
+
+    def floor_durian_sum():
+        s = tlr.sum(-1) + lp.sum(-1)
+        return (s + scalar)[:, None] * mask
+
+    def floor_durian_gemv():
+        s = tlr @ ones + lp @ ones
+        return (s + scalar)[:, None] * mask
+
+    fns = {
+        "verl_grpo_vec": lambda: compute_grpo_vectorized_outcome_advantage(tlr, mask, index)[0],
+        "difficulty_weighted": lambda: compute_difficulty_weighted_advantage(
+            tlr, mask, config=None, index=index, non_tensor_batch=ntb, old_log_probs=lp)[0],
+        "durian": lambda: compute_durian_advantage(
+            tlr, mask, config=None, index=index, non_tensor_batch=ntb, old_log_probs=lp)[0],
+    }
+    t = {name: timeit(fn, repeats) for name, fn in fns.items()}
+    est_metrics.pop_all()
+
+    def best(*fs):  # the faster implementation of the same traffic, by median (and its min)
+        res = [timeit(f, repeats) for f in fs]
+        return min(r[0] for r in res), min(r[1] for r in res)
+
+    floors = {"difficulty_weighted": best(floor_dw_sum, floor_dw_gemv),
+              "durian": best(floor_durian_sum, floor_durian_gemv)}
+    floors["verl_grpo_vec"] = floors["difficulty_weighted"]
+    rows = []
+    for name, (med, lo) in t.items():
+        rows.append(dict(shape=f"{bs}x{T}", mask=str(mask_dtype).replace("torch.", ""), name=name, ms=med * 1e3,
+                         vs_verl=med / t["verl_grpo_vec"][0], floor_ms=floors[name][0] * 1e3,
+                         vs_floor=med / floors[name][0], vs_floor_min=lo / floors[name][1], target=TARGETS.get(name)))
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per function (default 11, quick 5)")
+    ap.add_argument("--mask-dtypes", default="float32,int64", help="comma list of response-mask dtypes")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (5 if args.quick else 11)
+    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    dtypes = [getattr(torch, d.strip()) for d in args.mask_dtypes.split(",") if d.strip()]
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU float32, n={N_ROLLOUTS} rollouts/prompt, "
+          f"median of {repeats} after warm-up")
+    header = (f"{'shape':>11} {'mask':>7} {'estimator':>20} {'median ms':>10} {'x verl':>7} {'floor ms':>9} "
+              f"{'x floor':>8} {'(min)':>6} {'target':>7}")
+    print(header)
+    print("-" * len(header))
+    for bs, T in shapes:
+        for dtype in dtypes:
+            for r in bench_shape(bs, T, dtype, repeats):
+                target = "" if r["target"] is None else f"<={r['target']:.1f}"
+                verdict = ""
+                if r["target"] is not None and r["mask"] == "float32":
+                    verdict = " ok" if r["vs_floor"] <= r["target"] else " MISSED"
+                print(f"{r['shape']:>11} {r['mask']:>7} {r['name']:>20} {r['ms']:>10.2f} {r['vs_verl']:>7.2f} "
+                      f"{r['floor_ms']:>9.2f} {r['vs_floor']:>8.2f} {r['vs_floor_min']:>6.2f} {target:>7}{verdict}")
+    print("x verl / x floor: ratio of medians; (min): ratio of the fastest runs (less sensitive to a busy machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

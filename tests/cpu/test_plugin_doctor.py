@@ -13,12 +13,13 @@ import verl_difficulty
 PKG = Path(verl_difficulty.__file__).resolve().parent
 
 
-def _doctor(env=None, extra_path=None, ray=False):
+def _doctor(env=None, extra_path=None, ray=False, cwd=None):
     env = dict(os.environ, **(env or {}))
     if extra_path:
         env["PYTHONPATH"] = f"{extra_path}{os.pathsep}{env.get('PYTHONPATH', '')}"
     args = [sys.executable, "-m", "verl_difficulty.cli", "doctor"] + ([] if ray else ["--no-ray"])
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900)
+    # cwd matters: `python -m` puts the working directory first on sys.path
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=900, cwd=cwd)
 
 
 def test_fresh_import_of_verl_registers_everything():
@@ -108,7 +109,7 @@ def test_doctor_fails_loudly_when_the_entry_point_is_broken(tmp_path):
     shutil.copytree(PKG, shadow / "verl_difficulty", ignore=shutil.ignore_patterns("__pycache__"))
     plugin = shadow / "verl_difficulty" / "plugin.py"
     plugin.write_text("raise ImportError('simulated broken dependency: no module named totally_missing')\n")
-    res = _doctor(extra_path=str(shadow))
+    res = _doctor(extra_path=str(shadow), cwd=str(tmp_path))
     assert res.returncode == 1, res.stdout
     assert "the plugin entry point raises on import" in res.stdout
     assert "totally_missing" in res.stdout

@@ -21,8 +21,10 @@ Conventions shared by both estimators (documented here once):
 * **Singleton groups** (one non-empty response): advantage 0, since ``r - mean = 0``. NOTE: verl's GRPO gives a
   singleton ``r / (1 + eps)`` (it uses mean 0, std 1 for them); we follow the equations instead.
 * **Zero-variance groups** (all rewards equal, detected exactly as max == min): ``r - mean`` is set to exactly 0.
-* **Token level**: one fused pass per input (rewards, mask, and for durian old_log_probs) and one masked broadcast
-  into the output; on CPU the row sums use BLAS gemv/batched dot (reads at memory bandwidth), elsewhere ``sum``.
+* **Token level**: one pass per input and one masked broadcast into the output: ``rewards.sum(-1)``,
+  ``mask.sum(-1)`` (lengths, empty rows), for durian the masked log-prob sum as a batched dot product (``bmm`` on
+  CPU, no (bs, T) temporary), then ``A[:, None] * mask``. A non-float mask is converted once and that buffer becomes
+  the output (in-place multiply).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "group_moments",
     "group_ids_from_index",
     "check_finite",
+    "row_dot",
 ]
 
 ESTIMATOR_NAME = "difficulty_weighted"
@@ -70,7 +73,7 @@ def check_finite(values: torch.Tensor, what: str) -> None:
 
 
 def _blas_rows_ok(x: torch.Tensor) -> bool:
-    """Whether a BLAS gemv / batched dot gives an exact-precision row reduction of ``x`` here.
+    """Whether a BLAS batched dot gives a full-precision row reduction of ``x`` here.
 
     Only on CPU, float32/64, contiguous, and with full-precision float32 matmuls (``set_float32_matmul_precision``
     "highest" and no reduced-precision oneDNN mode): on CUDA a float32 matmul may run in TF32 (10-bit mantissa).
@@ -87,13 +90,6 @@ def _blas_rows_ok(x: torch.Tensor) -> bool:
     except AttributeError:  # older torch: no such knob
         pass
     return True
-
-
-def row_sum(x: torch.Tensor) -> torch.Tensor:
-    """(bs, T) -> (bs,) sum over the last dim (one read of ``x``; gemv with a ones vector on CPU)."""
-    if _blas_rows_ok(x):
-        return torch.mv(x, torch.ones(x.shape[1], dtype=x.dtype))
-    return x.sum(-1)
 
 
 def row_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,8 +122,9 @@ def output_dtype(token_level_rewards: torch.Tensor) -> torch.dtype:
 def group_ids_from_index(index: Any, non_tensor_batch: Optional[dict], bs: int) -> torch.Tensor:
     """verl's ``index`` (object array of uid per response; else ``non_tensor_batch["uid"]``) -> (bs,) int64 ids.
 
-    Ids are the ``np.unique(..., return_inverse=True)`` codes; labels numpy cannot order (mixed types) are compared
-    as strings, like ``verl.utils.groupwise.as_torch_index``.
+    Ids are ``pandas.factorize`` codes (equal labels <-> equal ids); without pandas or for unhashable labels
+    ``np.unique(..., return_inverse=True)``, comparing labels as strings when numpy cannot order them (like
+    ``verl.utils.groupwise.as_torch_index``).
     """
     if index is None and non_tensor_batch is not None:
         index = non_tensor_batch.get("uid", None)
@@ -141,11 +138,16 @@ def group_ids_from_index(index: Any, non_tensor_batch: Optional[dict], bs: int) 
     arr = np.asarray(index)
     if arr.ndim != 1 or arr.shape[0] != bs:
         raise ValueError(f"index/uid must be a 1-D array of length {bs} (one per response), got shape {arr.shape}")
-    try:
-        _, inv = np.unique(arr, return_inverse=True)
-    except TypeError:
-        _, inv = np.unique(np.array([str(x) for x in arr], dtype=object), return_inverse=True)
-    return torch.from_numpy(np.ascontiguousarray(inv.reshape(-1), dtype=np.int64))
+    try:  # hash-based, O(bs): ~5x faster than np.unique on uuid strings
+        import pandas as pd
+
+        codes = pd.factorize(arr, use_na_sentinel=False)[0]
+    except (ImportError, TypeError):  # no pandas, or unhashable labels
+        try:
+            _, codes = np.unique(arr, return_inverse=True)
+        except TypeError:
+            _, codes = np.unique(np.array([str(x) for x in arr], dtype=object), return_inverse=True)
+    return torch.from_numpy(np.ascontiguousarray(codes.reshape(-1), dtype=np.int64))
 
 
 def read_float_column(non_tensor_batch: Optional[dict], key: str, bs: int) -> Optional[np.ndarray]:
@@ -377,8 +379,8 @@ def compute_difficulty_weighted_advantage(
             raise ValueError(f"response_mask {tuple(response_mask.shape)} must match token_level_rewards "
                              f"{tuple(token_level_rewards.shape)}")
         mask_f, owned = float_mask(response_mask, output_dtype(token_level_rewards))
-        scores = row_sum(token_level_rewards.to(mask_f.dtype))
-        valid = row_sum(mask_f) != 0
+        scores = token_level_rewards.to(mask_f.dtype).sum(-1)
+        valid = mask_f.sum(-1) != 0
         gid = group_ids_from_index(index, non_tensor_batch, bs)
         correct = response_correctness(cfg, scores, non_tensor_batch)
         adv, metrics = difficulty_weighted_advantage(scores, gid, correct, cfg, valid=valid)

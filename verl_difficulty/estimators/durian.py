@@ -62,7 +62,6 @@ from verl_difficulty.estimators.difficulty_weighted import (
     output_dtype,
     read_float_column,
     row_dot,
-    row_sum,
     to_floats,
 )
 from verl_difficulty.estimators.metrics import metric_name, record
@@ -312,16 +311,12 @@ def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[n
     if len(extra) != bs:
         raise ValueError(f"non_tensor_batch[{EXTRA_INFO!r}] must have length {bs}, got {len(extra)}")
 
-    def one(e: Any) -> float:
-        v = e.get(VISUAL_ENTROPY, None) if isinstance(e, Mapping) else None
-        if v is None:
-            return float("nan")
-        try:
-            return float(v)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{EXTRA_INFO}[...][{VISUAL_ENTROPY!r}] must be a number, got {v!r}") from exc
-
-    return np.fromiter((one(e) for e in extra), dtype=np.float64, count=bs)
+    vals = [e.get(VISUAL_ENTROPY, None) if isinstance(e, Mapping) else None for e in extra]
+    try:  # None -> NaN
+        return np.array(vals, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        bad = next((v for v in vals if v is not None and not isinstance(v, (int, float, np.number))), vals)
+        raise ValueError(f"{EXTRA_INFO}[i][{VISUAL_ENTROPY!r}] must be a number, got {bad!r}") from exc
 
 
 def response_confidence(
@@ -378,8 +373,8 @@ def compute_durian_advantage(
             raise ValueError(f"response_mask {tuple(response_mask.shape)} must match token_level_rewards "
                              f"{tuple(token_level_rewards.shape)}")
         mask_f, owned = float_mask(response_mask, output_dtype(token_level_rewards))
-        scores = row_sum(token_level_rewards.to(mask_f.dtype))
-        lengths = row_sum(mask_f)
+        scores = token_level_rewards.to(mask_f.dtype).sum(-1)
+        lengths = mask_f.sum(-1)
         valid = lengths != 0
         gid = group_ids_from_index(index, non_tensor_batch, bs)
 

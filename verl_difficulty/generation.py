@@ -3,6 +3,11 @@
 Shared by the CPU rollout replica (``verl_difficulty.cpu.rollout``) and the offline scorers' transformers backend.
 Log-probabilities are computed from the RAW logits, ``log_softmax(logits / T)`` (what verl's actor recomputes), not
 from the processed scores (top-k/top-p/suppression), so rollout and actor log-probs agree.
+
+Per-request seeds (``GenRequest.seed``, used by the offline scorers): when every request of a sampled batch carries a
+seed, each row draws its tokens from its own ``torch.Generator`` seeded with it (:class:`PerRowSampler`), so a row's
+sample depends on its seed and its own logits only, not on which other rows share the batch or in which order.
+Without request seeds the batch samples from torch's global RNG (optionally seeded once by ``SamplingConfig.seed``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ class GenRequest:
 
     prompt_ids: list[int]
     images: Optional[list[Any]] = None
+    seed: Optional[int] = None
+    """Per-request sampling seed (0 <= seed < 2**63); either every request of a batch has one or none has."""
 
 
 @dataclass
@@ -57,6 +64,42 @@ def load_generation_model(path: str, dtype: torch.dtype = torch.float32, attn_im
     model = auto.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     model.eval()
     return model
+
+
+class PerRowSampler:
+    """Logits processor that samples each row with its own seeded ``torch.Generator`` (temperature, top-k, top-p).
+
+    Runs inside transformers' greedy loop (``do_sample=False``): it applies the warpers itself, draws one token per
+    row with ``torch.multinomial(..., generator=row_generator)`` and returns scores that are ``-inf`` everywhere but
+    at the drawn token, which the greedy ``argmax`` then picks. Rows never share random state.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_k: Optional[int], top_p: float):
+        self.seeds = [int(s) for s in seeds]
+        self.temperature = float(temperature)
+        self.top_k = int(top_k) if top_k else 0
+        self.top_p = float(top_p)
+        self._generators: Optional[list[torch.Generator]] = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._generators is None:
+            self._generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        logits = scores.float() / self.temperature
+        if self.top_k > 0:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+            cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+            remove = cum <= (1 - self.top_p)
+            remove[..., -1:] = False
+            logits = logits.masked_fill(remove.scatter(1, sorted_idx, remove), float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        chosen = torch.stack(
+            [torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(self._generators)]
+        )  # (B, 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, chosen, 0.0)
 
 
 class HFGenerator:
@@ -153,11 +196,21 @@ class HFGenerator:
             return_dict_in_generate=True,
             repetition_penalty=sampling.repetition_penalty if sampling.repetition_penalty != 1.0 else None,
         )
-        if not greedy:
+        seeds = [r.seed for r in requests]
+        per_row = not greedy and any(s is not None for s in seeds)
+        if per_row and any(s is None for s in seeds):
+            raise ValueError("either every request of a batch carries a seed or none does")
+        if per_row:
+            from transformers import LogitsProcessorList
+
+            sampler = PerRowSampler(seeds, temperature, top_k, float(sampling.top_p))
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                              logits_processor=LogitsProcessorList([sampler]))
+        elif not greedy:
             gen_kwargs.update(temperature=temperature, top_p=float(sampling.top_p), top_k=top_k or 0)
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        if sampling.seed is not None:
+        if sampling.seed is not None and not per_row:
             torch.manual_seed(int(sampling.seed))
         out = self.model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs, **gen_kwargs

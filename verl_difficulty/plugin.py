@@ -16,6 +16,7 @@ verl module                                 what is registered
 ``verl.trainer.ppo.v1``                     trainer mode ``difficulty``
 ``verl.workers.engine.fsdp.transformer_impl``  FSDP/FSDP2 engines for device ``cpu``
 ``verl.workers.rollout.base`` / ``.replica``   rollout backend ``transformers``
+``verl.utils.tensordict_utils``             same-length M-RoPE fix of ``index_select_tensor_dict``/``chunk_tensordict``
 ==========================================  =====================================================================
 """
 
@@ -137,6 +138,12 @@ def _cpu_compat():
     patch_process_group_init()
 
 
+def _mrope_same_length():
+    from verl_difficulty.cpu.compat import patch_mrope_same_length
+
+    patch_mrope_same_length()
+
+
 REGISTRATIONS = {
     "platform": ("verl.plugin.platform.platform_manager", _platform),
     "estimators": ("verl.trainer.ppo.core_algos", _estimators),
@@ -144,6 +151,8 @@ REGISTRATIONS = {
     "trainer": ("verl.trainer.ppo.v1", _trainer),
     "engines": ("verl.workers.engine.fsdp.transformer_impl", _engines),
     "rollout": ("verl.workers.rollout.replica", _rollout),
+    # not CPU specific: see verl_difficulty/cpu/compat.py, item 2
+    "mrope_same_length": ("verl.utils.tensordict_utils", _mrope_same_length),
 }
 
 

@@ -63,7 +63,7 @@ class SeamConfig:
         d = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section or {})
         sampler = SamplerConfig.from_dict(d.pop("sampler", None))
         known = {"correct_threshold"}
-        unknown = sorted(set(d) - known - {"estimators", "hints", "demo"})
+        unknown = sorted(set(d) - known - {"estimators", "hints", "demo", "reward"})
         if unknown:
             raise ValueError(f"difficulty: unknown settings {unknown}")
         return cls(sampler=sampler, correct_threshold=float(d.get("correct_threshold", 0.5)))

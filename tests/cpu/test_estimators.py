@@ -577,7 +577,8 @@ def test_empty_response_masks(which):
     adv, _ = run(batch)
     assert torch.all(adv[[0, 5, 9]] == 0) and torch.isfinite(adv).all()
     keep = [i for i in range(len(batch["index"])) if i not in (0, 5, 9)]
-    sub = dict(batch, token_level_rewards=batch["token_level_rewards"][keep], response_mask=batch["response_mask"][keep],
+    sub = dict(batch, token_level_rewards=batch["token_level_rewards"][keep],
+               response_mask=batch["response_mask"][keep],
                old_log_probs=batch["old_log_probs"][keep], index=batch["index"][keep],
                non_tensor_batch={k: v[keep] for k, v in batch["non_tensor_batch"].items()})
     adv_sub, _ = run(sub)

@@ -68,7 +68,8 @@ durian_cfgs = st.fixed_dictionaries({
 
 
 def dw(batch, cfg):
-    return compute_difficulty_weighted_advantage(config=OmegaConf.create({"difficulty": {"weighting": cfg}}), **batch)[0]
+    config = OmegaConf.create({"difficulty": {"weighting": cfg}})
+    return compute_difficulty_weighted_advantage(config=config, **batch)[0]
 
 
 def durian(batch, cfg):

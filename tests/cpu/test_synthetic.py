@@ -278,7 +278,9 @@ def test_rlhf_dataset_loads_and_tokenizes_like_the_rollout(dataset, tiny, tmp_pa
     tokenizer, processor = tiny
     config = OmegaConf.create({
         "image_key": IMAGES, "prompt_key": "prompt", "max_prompt_length": 512, "return_raw_chat": True,
-        "filter_overlong_prompts": filter_overlong, "filter_overlong_prompts_workers": 1,
+        # None = filter in-process: datasets 5.x opens a process pool even for num_proc=1, and a fork after torch
+        # has run in this process can deadlock.
+        "filter_overlong_prompts": filter_overlong, "filter_overlong_prompts_workers": None,
         "cache_dir": str(tmp_path / "verl_cache"),
     })
     ds = RLHFDataset(dataset["val"], tokenizer, config, processor=processor)

@@ -2,8 +2,9 @@
 
 Importing this package registers two estimators in verl's registry (``verl.trainer.ppo.core_algos``):
 
-* ``difficulty_weighted`` (P2 online advantage differentiation): ``algorithm.adv_estimator=difficulty_weighted``;
-* ``durian`` (P3 Durian): ``algorithm.adv_estimator=durian``.
+* ``difficulty_weighted`` (P2 online advantage differentiation, arXiv 2505.13261):
+  ``algorithm.adv_estimator=difficulty_weighted``;
+* ``durian`` (P3 Durian, arXiv 2602.21743): ``algorithm.adv_estimator=durian``.
 
 Settings live under ``algorithm.difficulty.{weighting,durian}`` (``config.py``, ``config/algorithm_difficulty.yaml``);
 metrics are collected in ``metrics.py`` for the trainer seam to pop after each advantage step.

@@ -6,7 +6,9 @@ Both estimators read their settings from verl's ``algorithm`` config, under ``al
 be set on the command line, e.g. ``+algorithm.difficulty.durian.reason_groups=16``.
 
 Each field says where its default comes from: the paper's value, or "UNSPECIFIED in the paper; ours".
-Papers: P2 = online advantage differentiation (PAPERS.md "P2"), P3 = Durian (PAPERS.md "P3").
+Papers: P2 = "Unlocking the Potential of Difficulty Prior in RL-based Multimodal Reasoning" (arXiv 2505.13261),
+online advantage differentiation; P3 = Durian, "Enhancing Multi-Modal LLMs Reasoning via Difficulty-Aware Group
+Normalization" (arXiv 2602.21743). Both are summarised in the project's PAPERS.md.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def _check_choice(where: str, name: str, value: Any, choices: tuple[str, ...]) -
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
 class DifficultyWeightingConfig:
-    r"""Settings of the ``difficulty_weighted`` estimator (P2, online advantage differentiation).
+    r"""Settings of the ``difficulty_weighted`` estimator (P2, arXiv 2505.13261, online advantage differentiation).
 
     ``A_{s,i} = w(p_s) * (r_{s,i} - mean_i r_{s,i})`` (optionally ``/ (std_s + epsilon)``), where ``p_s`` is the
     fraction of correct responses in prompt ``s``'s group and ``w`` is decreasing in ``p``.
@@ -148,8 +150,8 @@ class DifficultyWeightingConfig:
             UNSPECIFIED in the paper; ours: 0.5 separates 0/1 rewards and ``0.9 acc + 0.1 format`` rewards.
     """
 
-    weight: str = field(default="steep_exp", metadata={"help": "Weight family: steep_exp, exponential, linear, constant."})
-    beta: float = field(default=2.0, metadata={"help": "Steepness of the weight family; UNSPECIFIED in the paper; ours."})
+    weight: str = field(default="steep_exp", metadata={"help": "steep_exp | exponential | linear | constant."})
+    beta: float = field(default=2.0, metadata={"help": "Steepness of w; UNSPECIFIED in the paper; ours."})
     steep_power: float = field(default=2.0, metadata={"help": "Exponent k of (1-p) in steep_exp; ours."})
     renormalize: bool = field(default=False, metadata={"help": "Rescale weights to batch mean 1 over prompts; ours."})
     keep_std: bool = field(default=False, metadata={"help": "Also divide by GRPO's group std + epsilon."})
@@ -179,7 +181,7 @@ class DifficultyWeightingConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 @dataclass
 class DurianConfig:
-    r"""Settings of the ``durian`` estimator (P3).
+    r"""Settings of the ``durian`` estimator (P3 Durian, arXiv 2602.21743).
 
     ``A = alpha_ori * A_grpo + alpha_percep * A_percep + alpha_reason * A_reason`` where
     ``A_X[s,i] = (r[s,i] - mean_i r[s,i]) / (sigma_a(s) + epsilon)`` and ``sigma_a`` is the unbiased std of the pooled
@@ -219,10 +221,10 @@ class DurianConfig:
     alpha_ori: float = field(default=0.4, metadata={"help": "Weight of A_grpo; (0.4,0.3,0.3) is a paper ablation row."})
     alpha_percep: float = field(default=0.3, metadata={"help": "Weight of the perceptual branch; 0 = off."})
     alpha_reason: float = field(default=0.3, metadata={"help": "Weight of the reasoning branch; 0 = off."})
-    percep_quantiles: tuple = field(default=(0.25, 0.75), metadata={"help": "Batch quantiles splitting 3 groups (paper)."})
+    percep_quantiles: tuple = field(default=(0.25, 0.75), metadata={"help": "Batch quantiles of H (paper)."})
     percep_edges: Optional[tuple] = field(default=None, metadata={"help": "Fixed dataset-level H edges [e1, e2]."})
-    reason_groups: int = field(default=12, metadata={"help": "b equal-frequency confidence groups; ours (paper 12-16)."})
-    sum_prob: bool = field(default=False, metadata={"help": "Confidence = sum of token probabilities (literal Eq. 14)."})
+    reason_groups: int = field(default=12, metadata={"help": "b confidence groups; ours (paper: 12-16)."})
+    sum_prob: bool = field(default=False, metadata={"help": "Confidence = sum of token probs (Eq. 14)."})
     epsilon: float = field(default=1e-6, metadata={"help": "Std epsilon (verl's GRPO value)."})
     on_missing_entropy: str = field(default="error", metadata={"help": "error | warn (drop the branch); ours."})
 

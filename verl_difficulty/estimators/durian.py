@@ -1,6 +1,7 @@
 r"""P3 Durian as a verl advantage estimator (``durian``).
 
-Paper P3 (PAPERS.md, "P3. Durian"). For prompt ``s`` with rollouts ``i`` and scalar rewards ``r_{s,i}``:
+Paper P3, Durian: "Enhancing Multi-Modal LLMs Reasoning via Difficulty-Aware Group Normalization" (arXiv
+2602.21743; PAPERS.md "P3. Durian"). For prompt ``s`` with rollouts ``i`` and scalar rewards ``r_{s,i}``:
 
 * perceptual difficulty ``H_s``: visual entropy of the prompt's image(s), precomputed offline (schema
   ``visual_entropy``); prompts are split into 3 groups at the 25th / 75th percentile of H over the batch's prompts
@@ -49,10 +50,12 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
+from verl_difficulty.seam_context import SEAM_HELP, with_seam_inputs
+
 from verl_difficulty.estimators.config import DurianConfig
 from verl_difficulty.estimators.difficulty_weighted import (
     GroupMoments,
-    _summary,
+    summary_stats,
     batch_group_metrics,
     broadcast_to_tokens,
     check_finite,
@@ -84,8 +87,8 @@ _WARNED: dict[str, bool] = {"missing_entropy": False}
 
 _ENTROPY_HELP = (
     f"looked in non_tensor_batch[{VISUAL_ENTROPY!r}] and non_tensor_batch[{EXTRA_INFO!r}][i][{VISUAL_ENTROPY!r}]. "
-    f"Produce it offline with the visual-entropy scorer (`verl-difficulty score`, which writes the {VISUAL_ENTROPY!r} "
-    f"column and mirrors it into {EXTRA_INFO!r}), train with the plugin's trainer seam so {EXTRA_INFO!r} reaches the "
+    f"Produce the {VISUAL_ENTROPY!r} column offline (mirrored into {EXTRA_INFO!r}; the forward-pass visual-entropy "
+    f"scorer is a planned `verl-difficulty score` scorer), {SEAM_HELP} so {EXTRA_INFO!r} reaches the "
     "estimator, or set algorithm.difficulty.durian.alpha_percep=0 (or on_missing_entropy=warn to drop the branch)"
 )
 
@@ -100,7 +103,7 @@ def _missing_entropy_message(alpha: float, missing: int, total: int) -> str:
 def _missing_log_probs_message(alpha: float) -> str:
     return (
         f"durian: alpha_reason={alpha} needs old_log_probs (bs, response_length), which stock verl does not pass to "
-        "registered estimators: train with the plugin's trainer seam (it passes old_log_probs and non_tensor_batch), "
+        f"registered estimators: {SEAM_HELP}; "
         "or set algorithm.difficulty.durian.alpha_reason=0"
     )
 
@@ -113,7 +116,7 @@ def _fractions(qs: Sequence[float]) -> list[Fraction]:
 
 
 def quantile_edges(values: torch.Tensor, fractions: Sequence[Fraction | float]) -> torch.Tensor:
-    r"""Linear-interpolation quantiles of ``values`` at exact rational ``fractions`` (P3 regrouping, PAPERS.md).
+    r"""Linear-interpolation quantiles of ``values`` at exact rational ``fractions`` (P3 regrouping, arXiv 2602.21743).
 
     Same as ``torch.quantile(values, q, interpolation="linear")`` but the sorted position ``q (P - 1)`` is computed in
     integer arithmetic, so an edge at an integer position is exactly a data value (ties at edges are then
@@ -128,8 +131,8 @@ def quantile_edges(values: torch.Tensor, fractions: Sequence[Fraction | float]) 
     fr = _fractions(fractions)
     sv = torch.sort(values).values
     last = sv.numel() - 1
-    num = torch.tensor([f.numerator for f in fr], dtype=torch.int64) * last
-    den = torch.tensor([f.denominator for f in fr], dtype=torch.int64)
+    num = torch.tensor([f.numerator for f in fr], dtype=torch.int64, device=values.device) * last
+    den = torch.tensor([f.denominator for f in fr], dtype=torch.int64, device=values.device)
     lo = torch.div(num, den, rounding_mode="floor")
     rem = num - lo * den
     hi = (lo + 1).clamp(max=last)
@@ -144,7 +147,9 @@ def quantile_group_ids(
     fractions: Sequence[Fraction | float],
     edges: Optional[Sequence[float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Group index of each value: the number of edges strictly below it (ties at an edge -> lower group). P3 regrouping.
+    r"""Group index of each value: the number of edges strictly below it (ties at an edge -> lower group).
+
+    P3 regrouping (arXiv 2602.21743): perceptual 25th/75th percentiles, reasoning b equal-frequency groups.
 
     Args:
         values: (P,) float, one per prompt.
@@ -156,10 +161,11 @@ def quantile_group_ids(
     """
     if edges is None:
         if values.numel() == 0:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(len(fractions), dtype=values.dtype)
+            return (torch.zeros(0, dtype=torch.int64, device=values.device),
+                    torch.zeros(len(fractions), dtype=values.dtype, device=values.device))
         e = quantile_edges(values, fractions)
     else:
-        e = torch.as_tensor(list(edges), dtype=values.dtype)
+        e = torch.as_tensor(list(edges), dtype=values.dtype, device=values.device)
     return torch.bucketize(values, e, right=False), e
 
 
@@ -167,7 +173,10 @@ def quantile_group_ids(
 # Durian core
 # ======================================================================================================================
 def _prompt_mean(values: torch.Tensor, gid: torch.Tensor, m: GroupMoments, valid: torch.Tensor) -> torch.Tensor:
-    """(bs,) per-response values -> (G,) mean over each group's non-empty responses (0 for absent groups)."""
+    """(bs,) per-response values -> (G,) mean over each group's non-empty responses (0 for absent groups).
+
+    P3 (arXiv 2602.21743): the prompt's H (visual entropy) and L (mean confidence of its rollouts).
+    """
     vals = torch.where(valid, values, torch.zeros_like(values))
     return torch.zeros_like(m.count).index_add(0, gid, vals) / m.count.clamp(min=1.0)
 
@@ -184,26 +193,28 @@ def _branch(
     eps: float,
     metrics: dict[str, torch.Tensor],
 ) -> torch.Tensor:
-    """One regrouped branch: quantile groups of the present prompts' values, pooled sigma_a, A^X (bs,)."""
+    """One regrouped P3 branch (arXiv 2602.21743): quantile groups of the present prompts' (G,) values, pooled
+    sigma_a over each group's rollouts, and ``A^X = (r - mu_s) / (sigma_a + eps)`` as (bs,). Adds its metrics."""
     present = m.count > 0
     num_groups = len(fractions) + 1
     groups, used_edges = quantile_group_ids(prompt_values[present], fractions, edges)
-    grp = torch.zeros(m.count.numel(), dtype=torch.int64)
+    grp = torch.zeros(m.count.numel(), dtype=torch.int64, device=r.device)
     grp[present] = groups  # absent prompts have no valid rows: their group does not matter
     resp_grp = grp[gid]
     pool = group_moments(r, resp_grp, num_groups, valid)
     adv = m.centred / (pool.std[resp_grp] + eps)
 
-    n_prompts = torch.zeros(num_groups, dtype=_STAT_DTYPE).index_add(0, groups, torch.ones_like(groups, dtype=_STAT_DTYPE))
+    n_prompts = torch.zeros(num_groups, dtype=_STAT_DTYPE, device=r.device)
+    n_prompts = n_prompts.index_add(0, groups, torch.ones_like(groups, dtype=_STAT_DTYPE))
     nonempty = (pool.count > 0).tolist()
     for j in range(num_groups):  # metric names only; the computation above is vectorised
         metrics[f"{name}_prompts/g{j}"] = n_prompts[j]
         if name == "percep" or nonempty[j]:
             metrics[f"{name}_std/g{j}"] = pool.std[j]
-    if name == "percep":
+    if name == "percep" and (edges is not None or groups.numel() > 0):
         for k in range(used_edges.numel()):
             metrics[f"{name}_edge/{k}"] = used_edges[k]
-    metrics.update(_summary(f"{name}_std", pool.std[pool.count > 0]))
+    metrics.update(summary_stats(f"{name}_std", pool.std[pool.count > 0]))
     return adv
 
 
@@ -216,7 +227,7 @@ def durian_advantage(
     confidence: Optional[torch.Tensor] = None,
     valid: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    r"""Per-response Durian advantages (pure tensor core; P3, PAPERS.md "P3. Durian").
+    r"""Per-response Durian advantages (pure tensor core; P3 Durian, arXiv 2602.21743).
 
     ``A = alpha_ori (r - mu_s)/(std_s + eps) + alpha_percep (r - mu_s)/(sigma_{percep(s)} + eps)
     + alpha_reason (r - mu_s)/(sigma_{reason(s)} + eps)``; see the module docstring for the grouping rules.
@@ -244,21 +255,23 @@ def durian_advantage(
         raise ValueError(f"group_ids must be (bs,)={bs}, got {tuple(group_ids.shape)}")
     check_finite(scores, "reward")
     out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
-    valid = torch.ones(bs, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    dev = scores.device
+    valid = torch.ones(bs, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
     r = scores.to(_STAT_DTYPE)
-    _, gid = torch.unique(group_ids, return_inverse=True)
+    _, gid = torch.unique(group_ids.to(dev), return_inverse=True)
     num_groups = int(gid.max()) + 1 if bs else 0
     m = group_moments(r, gid, num_groups, valid)
     present = m.count > 0
     eps = cfg.epsilon
 
     metrics: dict[str, torch.Tensor] = batch_group_metrics(m, valid)
-    adv = torch.zeros(bs, dtype=_STAT_DTYPE)
+    adv = torch.zeros(bs, dtype=_STAT_DTYPE, device=dev)
     if cfg.alpha_ori > 0:
         adv += cfg.alpha_ori * (m.centred / (m.std[gid] + eps))
 
     if cfg.alpha_percep > 0:
-        missing = int(valid.sum()) if entropy is None else int((valid & ~torch.isfinite(entropy.to(_STAT_DTYPE))).sum())
+        entropy = None if entropy is None else entropy.to(dev, _STAT_DTYPE)
+        missing = int(valid.sum()) if entropy is None else int((valid & ~torch.isfinite(entropy)).sum())
         if missing:
             message = _missing_entropy_message(cfg.alpha_percep, missing, int(valid.sum()))
             if cfg.on_missing_entropy == "error":
@@ -270,8 +283,8 @@ def durian_advantage(
             metrics["percep_active"] = torch.tensor(0.0)
         else:
             metrics["percep_active"] = torch.tensor(1.0)
-            h = _prompt_mean(entropy.to(_STAT_DTYPE), gid, m, valid)
-            metrics.update(_summary("entropy", h[present]))
+            h = _prompt_mean(entropy, gid, m, valid)
+            metrics.update(summary_stats("entropy", h[present]))
             adv += cfg.alpha_percep * _branch(
                 "percep", h, cfg.percep_quantiles, cfg.percep_edges, r, gid, m, valid, eps, metrics
             )
@@ -282,10 +295,10 @@ def durian_advantage(
                 f"durian: alpha_reason={cfg.alpha_reason} needs per-response confidences (from old_log_probs); "
                 "set algorithm.difficulty.durian.alpha_reason=0 to run without them"
             )
-        conf = confidence.to(_STAT_DTYPE)
+        conf = confidence.to(dev, _STAT_DTYPE)
         check_finite(torch.where(valid, conf, torch.zeros_like(conf)), "confidence (mean old_log_prob)")
         lval = _prompt_mean(conf, gid, m, valid)
-        metrics.update(_summary("confidence", lval[present]))
+        metrics.update(summary_stats("confidence", lval[present]))
         fractions = [Fraction(k, cfg.reason_groups) for k in range(1, cfg.reason_groups)]
         adv += cfg.alpha_reason * _branch("reason", lval, fractions, None, r, gid, m, valid, eps, metrics)
 
@@ -298,6 +311,8 @@ def durian_advantage(
 # ======================================================================================================================
 def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[np.ndarray]:
     """(bs,) float64 visual entropy per response, NaN where missing; None if there is no source at all.
+
+    P3 (arXiv 2602.21743) perceptual difficulty, precomputed offline by the visual-entropy scorer.
 
     Sources, first found: a flat ``non_tensor_batch["visual_entropy"]`` column, else
     ``non_tensor_batch["extra_info"][i]["visual_entropy"]``.
@@ -322,7 +337,7 @@ def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[n
 def response_confidence(
     old_log_probs: torch.Tensor, mask_f: torch.Tensor, lengths: torch.Tensor, sum_prob: bool = False
 ) -> torch.Tensor:
-    r"""Per-response confidence from the old policy's log-probs (P3 reasoning difficulty, PAPERS.md "P3").
+    r"""Per-response confidence from the old policy's log-probs (P3 reasoning difficulty, arXiv 2602.21743, Eq. 14).
 
     Args:
         old_log_probs: (bs, T) float.
@@ -342,6 +357,7 @@ def response_confidence(
 
 
 @register_adv_est(ESTIMATOR_NAME)
+@with_seam_inputs
 def compute_durian_advantage(
     token_level_rewards: torch.Tensor,
     response_mask: torch.Tensor,
@@ -351,7 +367,7 @@ def compute_durian_advantage(
     old_log_probs: Optional[torch.Tensor] = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""verl estimator ``durian`` (P3 Durian; PAPERS.md "P3").
+    r"""verl estimator ``durian`` (P3 Durian, arXiv 2602.21743).
 
     Args:
         token_level_rewards: (bs, T) float; r = sum over T.

@@ -19,7 +19,7 @@ Two layers:
      This works from any thread and from asyncio code, unlike math-verify's own ``parsing_timeout`` /
      ``timeout_seconds``, which use ``signal.alarm`` (main thread only) and cannot interrupt long C calls anyway:
      ``\\boxed{10^{10^{10}}}`` (20 characters) makes sympy compute a 10-billion-digit integer and ignores SIGALRM;
-     ``\\boxed{2^{2^{40}}}`` allocates without bound (the subprocess has an address-space limit, ``max_memory_mb``);
+     ``\\boxed{2^{2^{40}}}`` allocates gigabytes (the subprocess also has an address-space limit, ``max_memory_mb``);
    * turns any exception (in the grader, the pool, the transport) into ``acc=0`` with a reason.
 
 Why subprocesses started with ``subprocess.Popen`` (fork+exec of a fresh interpreter) instead of ``multiprocessing``:
@@ -27,15 +27,18 @@ Why subprocesses started with ``subprocess.Popen`` (fork+exec of a fresh interpr
 (a Ray worker's or pytest's) and, to unpickle the worker function, the package ``verl_difficulty.rewards``, whose
 ``__init__`` imports verl and torch (~9 s, hundreds of MB per child). The child here runs a tiny bootstrap that loads
 only this module (``math_verify``, ``mathruler``, ``sympy``; ~1 s) and talks to the parent over a socketpair with
-:class:`multiprocessing.connection.Connection` (pickle of plain strings/numbers/dicts; model text is never evaluated:
-no ``eval``, no sympy ``parse_expr`` on free text; mathruler is used for its string normalisers only, not for its
-``sympy.parse_expr``-based comparison).
+:class:`multiprocessing.connection.Connection` (pickle of plain strings/numbers/dicts from the trusted parent).
+Model text is never evaluated: this module has no ``eval``; math-verify converts LaTeX with its ANTLR-based
+latex2sympy and hands sympy's ``parse_expr`` only what its number/operator regex extracted; mathruler is used for its
+string normalisers only, not for its ``grade_answer``, which runs ``sympy.parse_expr`` (an ``eval``) on the answer.
 
 Accuracy rules (documented per function): math by math-verify (symbolic/numeric equivalence) after a normalised
 string comparison, with units (``5 cm``), percent (``50\\%`` == ``50`` == ``0.5``), ``\\text{}`` wrappers and
 multiple-choice letters (gt ``B`` vs ``(B)``, ``B.``, ``B) 12``, ``\\boxed{B}``) handled, mathruler's normalisers as a
-second opinion; boxes by IoU >= 0.2 with optimal one-to-one matching; OCR by normalised similarity >= 0.5; counting
-by exact integer (digits or number words).
+second opinion; R1-V accuracy (math-verify, fallback exact match of the ``<answer>`` content, see :func:`grade_r1v`
+for why only the tag content is graded when there is one); boxes by IoU >= 0.2 with optimal one-to-one matching; OCR
+by normalised similarity >= 0.5; counting by exact integer (digits or number words). Without a box/tag, the text after
+the last ``</think>`` is the answer: the reasoning never counts as the answer.
 """
 
 from __future__ import annotations
@@ -281,27 +284,34 @@ def extract_tag(text: str, open_tag: str = ANSWER_OPEN, close_tag: str = ANSWER_
 
 
 def answer_candidate(text: str, order: Iterable[str] = ("boxed", "answer", "text"),
-                     answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)) -> tuple[Optional[str], str, str]:
+                     answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE),
+                     think_close: Optional[str] = THINK_CLOSE) -> tuple[Optional[str], str, str]:
     """The answer to grade, tried in ``order`` (``boxed``: last ``\\boxed{}``; ``answer``: last answer-tag content;
-    ``text``: the whole response). Returns ``(candidate, source, reason_if_none)``."""
+    ``text``: the response after the last ``think_close``, or all of it if there is none: the reasoning is not the
+    answer). A box or tag pair that is present but malformed/empty ends the search (no
+    fallback to the next source). Returns ``(candidate, source, reason_if_none)``."""
     reasons = []
     for src in order:
         if src == "boxed":
             c, why = extract_boxed(text)
             if c:
                 return c, "boxed", ""
+            if not why.startswith("no "):  # a box is there but malformed/empty: no fallback
+                return None, "", why
             reasons.append(why)
         elif src == "answer":
             c = extract_tag(text, *answer_tags)
             if c:
                 return c, "answer", ""
-            reasons.append(f"no {answer_tags[0]}...{answer_tags[1]} answer" if c is None else
-                           f"empty {answer_tags[0]}{answer_tags[1]}")
+            if c is not None:  # the tags are there but empty: no fallback
+                return None, "", f"empty {answer_tags[0]}{answer_tags[1]}"
+            reasons.append(f"no {answer_tags[0]}...{answer_tags[1]} answer")
         elif src == "text":
-            c = text.strip()
+            end = text.rfind(think_close) if think_close else -1
+            c = (text[end + len(think_close):] if end >= 0 else text).strip()
             if c:
                 return c, "text", ""
-            reasons.append("empty response")
+            reasons.append(f"nothing after {think_close}" if end >= 0 else "empty response")
     return None, "", "; ".join(reasons) or "no answer"
 
 
@@ -430,9 +440,10 @@ def _unwrap_commands(s: str, commands: Iterable[str]) -> str:
 
 
 def normalize_answer_text(s: str) -> str:
-    """Normalise an answer string for exact comparison: NFKC, no ``$``/``\\(\\)``/``\\[\\]`` delimiters, ``\\text{}``-like
-    wrappers removed, spacing commands and ``\\left``/``\\right`` dropped, ``\\dfrac``/``\\tfrac`` -> ``\\frac``,
-    degree marks and thousands separators removed, trailing period removed, whitespace removed, lowercase."""
+    """Normalise an answer string for exact comparison: NFKC, no ``$``/``\\(\\)``/``\\[\\]`` delimiters,
+    ``\\text{}``-like wrappers removed, spacing commands and ``\\left``/``\\right`` dropped,
+    ``\\dfrac``/``\\tfrac`` -> ``\\frac``, degree marks and thousands separators removed, trailing period removed,
+    whitespace removed, lowercase."""
     s = unicodedata.normalize("NFKC", s).strip()
     for a, b in (("\\(", ""), ("\\)", ""), ("\\[", ""), ("\\]", ""), ("$", "")):
         s = s.replace(a, b)
@@ -516,9 +527,10 @@ def _looks_textual(s: str) -> bool:
 # ====================================================================================================================
 _CHOICE_RE = re.compile(r"^\(?([A-J])\)?(?:[.):：\s]|$)")
 _CHOICE_LOWER_RE = re.compile(r"^\(([a-j])\)")
-_CHOICE_PREFIX_RE = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*",
+# (no two adjacent runs that can match the same characters: linear-time matching on hostile text)
+_CHOICE_PREFIX_RE = re.compile(r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)[\s:：]*(?:is[\s:：]+)?",
                                re.IGNORECASE)
-_CHOICE_IN_TEXT_RE = re.compile(r"(?:answer|option|choice)\s*(?:is)?\s*[:：]?\s*\(?([A-J])\)?(?![A-Za-z])",
+_CHOICE_IN_TEXT_RE = re.compile(r"(?:answer|option|choice)[\s:：]*(?:is[\s:：]+)?\(?([A-J])\)?(?![A-Za-z])",
                                 re.IGNORECASE)
 
 
@@ -599,8 +611,9 @@ def math_equal(pred: str, gt: str) -> tuple[bool, str]:
     """Is answer ``pred`` equivalent to ground truth ``gt``? Returns ``(equal, method)``.
 
     In order: multiple-choice letters (when ``gt`` is a letter); normalised string equality (with units/percent
-    stripped); for non-word answers math-verify (``\\frac{2}{4}`` == ``0.5`` == ``1/2``, ``\\sqrt{8}`` == ``2\\sqrt{2}``,
-    ``x=3`` == ``3``), retried with units stripped and with ``x%`` read as ``x/100``; mathruler's normalisers.
+    stripped); for non-word answers math-verify (``\\frac{2}{4}`` == ``0.5`` == ``1/2``,
+    ``\\sqrt{8}`` == ``2\\sqrt{2}``, ``x=3`` == ``3``), retried with units stripped and with ``x%`` read as
+    ``x/100``; mathruler's normalisers.
     """
     letter = gt_choice_letter(gt)
     if letter is not None:
@@ -628,7 +641,8 @@ def math_equal(pred: str, gt: str) -> tuple[bool, str]:
 
 
 def grade_math(response: str, ground_truth: Any, *, require_boxed: bool = True,
-               answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)) -> GradeResult:
+               answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE), think_close: str = THINK_CLOSE
+               ) -> GradeResult:
     """Math accuracy of a response.
 
     The answer is the last ``\\boxed{}`` (nested braces handled); with ``require_boxed=False`` the last answer-tag
@@ -640,7 +654,7 @@ def grade_math(response: str, ground_truth: Any, *, require_boxed: bool = True,
     gts = [g for g in (_ground_truth_text(x) for x in _gt_alternatives(ground_truth)) if g]
     if not gts:
         return _fail("missing ground truth")
-    cand, src, why = answer_candidate(response, order, answer_tags)
+    cand, src, why = answer_candidate(response, order, answer_tags, think_close)
     if cand is None:
         return _fail(why)
     for g in gts:
@@ -665,29 +679,51 @@ def _grade_whole_text(text: str, gt: str) -> tuple[bool, str]:
     return _mv_equal(_mv_parse_boxed(gt), _mv_parse_text(text)), "math_verify_text"
 
 
-def grade_r1v(response: str, ground_truth: Any, *,
-              answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)) -> GradeResult:
-    """R1-V accuracy: math-verify on the whole completion; if that fails, exact match (normalised; option letters
-    compared as letters) of the answer-tag content against the ground truth (whose own tags are stripped)."""
+def grade_r1v(response: str, ground_truth: Any, *, answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE),
+              think_close: str = THINK_CLOSE) -> GradeResult:
+    """R1-V accuracy: math-verify on the completion, fallback exact match of the answer-tag content.
+
+    R1-V runs math-verify on the whole completion, reasoning included, and math-verify's extraction finds nothing in
+    ``<answer>3</answer>`` (no delimiter around the number): so ``<think>maybe 5</think><answer>3</answer>`` is graded
+    CORRECT for ground truth 5 (measured), a reward hole. Here, therefore:
+
+    * with an answer-tag pair, only its content is graded: math-verify on the content, then exact match after
+      normalisation (option letters compared as letters), then the math equivalence of :func:`math_equal`
+      (``12.0`` == ``12``, units, percent);
+    * without one, math-verify on the completion after the last ``think_close`` (the whole completion if none).
+
+    The ground truth's own answer tags are stripped.
+    """
     gts = [g for g in (_ground_truth_text(x) for x in _gt_alternatives(ground_truth)) if g]
     if not gts:
         return _fail("missing ground truth")
     tag = extract_tag(response, *answer_tags)
-    pred = _short(tag if tag is not None else "")
+    if tag is None:
+        end = response.rfind(think_close) if think_close else -1
+        body = response[end + len(think_close):] if end >= 0 else response
+        for g in gts:
+            if gt_choice_letter(g) is None and not _looks_textual(g):
+                if _mv_equal(_mv_parse_text(g), _mv_parse_text(body)):
+                    return GradeResult(acc=1.0, extras={"method": "math_verify"})
+        return _fail(f"no {answer_tags[0]}...{answer_tags[1]} answer and math-verify found no match")
+    if not tag:
+        return _fail(f"empty {answer_tags[0]}{answer_tags[1]}")
+    pred = _short(tag)
     for g in gts:
         if gt_choice_letter(g) is None and not _looks_textual(g):
-            if _mv_equal(_mv_parse_text(g), _mv_parse_text(response)):
+            if _mv_equal(_mv_parse_text(g), _mv_parse_text(tag)):
                 return GradeResult(acc=1.0, pred=pred, extras={"method": "math_verify"})
-    if tag is None:
-        return _fail(f"no {answer_tags[0]}...{answer_tags[1]} answer and math-verify found no match")
     for g in gts:
         letter = gt_choice_letter(g)
         if letter is not None:
             if parse_choice(tag) == letter:
                 return GradeResult(acc=1.0, pred=pred, extras={"method": "choice"})
             continue
-        if normalize_answer_text(tag) == normalize_answer_text(g) and normalize_answer_text(g):
+        if normalize_answer_text(tag) == normalize_answer_text(g):
             return GradeResult(acc=1.0, pred=pred, extras={"method": "exact"})
+        ok, how = math_equal(tag, g)
+        if ok:
+            return GradeResult(acc=1.0, pred=pred, extras={"method": how})
     return GradeResult(acc=0.0, pred=pred, extras={"method": ""})
 
 
@@ -769,21 +805,35 @@ def box_iou(a: Box, b: Box) -> float:
     return max(0.0, min(1.0, inter / union))
 
 
+_LSA: list = []
+
+
+def _scipy_lsa():
+    """scipy's ``linear_sum_assignment`` if scipy is installed (looked up once), else None."""
+    if not _LSA:
+        try:
+            from scipy.optimize import linear_sum_assignment  # type: ignore
+
+            _LSA.append(linear_sum_assignment)
+        except Exception:  # noqa: BLE001
+            _LSA.append(None)
+    return _LSA[0]
+
+
 def match_boxes(pred: list[Box], gt: list[Box], iou_threshold: float = 0.2) -> list[tuple[int, int, float]]:
     """Optimal one-to-one matching of predicted to ground-truth boxes: the maximum number of pairs with
     IoU >= ``iou_threshold``, and among those the largest total IoU. Uses scipy's ``linear_sum_assignment`` if scipy is
     installed; otherwise an exact maximum-cardinality bipartite matching (augmenting paths, edges tried by descending
-    IoU), whose count is the same (only the total IoU of the chosen pairs may differ). Returns ``[(i_pred, j_gt, iou)]``.
+    IoU), whose count is the same (only the total IoU of the chosen pairs may differ).
+    Returns ``[(i_pred, j_gt, iou)]``.
     """
     if not pred or not gt:
         return []
     ious = [[box_iou(p, g) for g in gt] for p in pred]
-    try:
+    linear_sum_assignment = _scipy_lsa()
+    if linear_sum_assignment is not None and (len(pred) > 1 or len(gt) > 1):
         import numpy as np
-        from scipy.optimize import linear_sum_assignment  # type: ignore
-    except Exception:
-        linear_sum_assignment = None
-    if linear_sum_assignment is not None:
+
         big = min(len(pred), len(gt)) + 1.0
         w = np.array([[(big + v) if v >= iou_threshold - 1e-12 else 0.0 for v in row] for row in ious])
         rows, cols = linear_sum_assignment(w, maximize=True)
@@ -807,19 +857,21 @@ def match_boxes(pred: list[Box], gt: list[Box], iou_threshold: float = 0.2) -> l
     return [(owner[j], j, ious[owner[j]][j]) for j in range(len(gt)) if owner[j] >= 0]
 
 
-def _perception_candidate(response: str, answer_tags: tuple[str, str]) -> tuple[Optional[str], str, str]:
-    return answer_candidate(response, ("answer", "boxed", "text"), answer_tags)
+def _perception_candidate(response: str, answer_tags: tuple[str, str], think_close: str
+                          ) -> tuple[Optional[str], str, str]:
+    return answer_candidate(response, ("answer", "boxed", "text"), answer_tags, think_close)
 
 
 def grade_bbox(response: str, ground_truth: Any, *, iou_threshold: float = 0.2,
-               answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)) -> GradeResult:
+               answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE), think_close: str = THINK_CLOSE
+               ) -> GradeResult:
     """Box grounding. Answer: answer-tag content, else last ``\\boxed{}``, else the whole response.
 
     ``score`` = matched / max(n_gt, n_pred): the fraction of ground-truth boxes matched one-to-one with IoU >=
     ``iou_threshold`` (:func:`match_boxes`), where surplus predicted boxes count as misses (spraying boxes is not
     rewarded). ``acc`` = 1 iff every gt box is matched and no box is surplus (one box: IoU >= threshold).
     Extra ``iou``: the IoU of the pair for one gt and one predicted box, else the mean IoU of the matched pairs."""
-    cand, _, why = _perception_candidate(response, answer_tags)
+    cand, _, why = _perception_candidate(response, answer_tags, think_close)
     gt_boxes, n_gt = parse_boxes(ground_truth)
     if not gt_boxes:
         return _fail("ground truth has no valid box", **{IOU: 0.0})
@@ -862,10 +914,11 @@ def ocr_similarity(pred: str, gt: str) -> float:
 
 
 def grade_ocr(response: str, ground_truth: Any, *, threshold: float = 0.5,
-              answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)) -> GradeResult:
+              answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE), think_close: str = THINK_CLOSE
+              ) -> GradeResult:
     """OCR: ``acc`` = 1 iff :func:`ocr_similarity` >= ``threshold`` (best over a list of acceptable gts).
     Answer: answer-tag content, else last ``\\boxed{}``, else the whole response. Extra ``similarity``."""
-    cand, _, why = _perception_candidate(response, answer_tags)
+    cand, _, why = _perception_candidate(response, answer_tags, think_close)
     gts = [str(g) for g in _gt_alternatives(ground_truth) if g is not None and normalize_ocr(str(g))]
     if not gts:
         return _fail("missing ground truth", **{SIMILARITY: 0.0})
@@ -926,11 +979,11 @@ def parse_count(s: Any) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
-def grade_count(response: str, ground_truth: Any, *,
-                answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE)) -> GradeResult:
+def grade_count(response: str, ground_truth: Any, *, answer_tags: tuple[str, str] = (ANSWER_OPEN, ANSWER_CLOSE),
+                think_close: str = THINK_CLOSE) -> GradeResult:
     """Counting: ``acc`` = 1 iff the first number of the answer (answer-tag content, else last ``\\boxed{}``, else the
     whole response) equals the integer ground truth exactly."""
-    cand, _, why = _perception_candidate(response, answer_tags)
+    cand, _, why = _perception_candidate(response, answer_tags, think_close)
     gts = [parse_count(_ground_truth_text(g)) for g in _gt_alternatives(ground_truth)]
     gts = [g for g in gts if g is not None]
     if not gts:
@@ -1042,6 +1095,8 @@ def _child_main(fd: int, max_memory_mb: int) -> None:
         import mathruler.grader  # noqa: F401
 
         grade_math("\\boxed{\\frac{2}{4}}", "0.5")  # warm up the LaTeX parser (first parse is slow)
+        grade_bbox("[0, 0, 1, 1] [2, 2, 3, 3]", [[0, 0, 1, 1], [2, 2, 3, 3]])
+        grade_r1v("<answer>1</answer>", "1")
         if max_memory_mb and max_memory_mb > 0:
             import resource
 
@@ -1328,8 +1383,9 @@ _SHARED_LOCK = threading.Lock()
 
 def shared_grader(timeout_s: float = DEFAULT_TIMEOUT_S, max_chars: int = DEFAULT_MAX_CHARS, num_procs: int = 2,
                   max_memory_mb: int = DEFAULT_MAX_MEMORY_MB, mode: str = "subprocess") -> SafeGrader:
-    """One :class:`SafeGrader` per distinct setting in this process (reward managers and functions share it)."""
-    key = (float(timeout_s), int(max_chars), int(num_procs), int(max_memory_mb), mode)
+    """One :class:`SafeGrader` per distinct setting in this process (reward managers and functions share it). Keyed by
+    the process id too: a forked child never talks to its parent's grader processes."""
+    key = (os.getpid(), float(timeout_s), int(max_chars), int(num_procs), int(max_memory_mb), mode)
     with _SHARED_LOCK:
         g = _SHARED.get(key)
         if g is None:

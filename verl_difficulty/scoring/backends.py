@@ -1,0 +1,205 @@
+"""Generation backends of the offline scorers, behind one interface (:class:`~verl_difficulty.scoring.base.GenerationBackend`).
+
+* :class:`TransformersBackend` (CPU or GPU): the plugin's batched, left-padded transformers generation
+  (:class:`verl_difficulty.generation.HFGenerator`), images through the model's processor, one seeded
+  ``torch.Generator`` per request (a row's sample does not depend on the other rows of its batch).
+* :class:`VLLMBackend` (GPU, optional extra ``verl-difficulty[gpu]``): ``vllm.LLM.generate`` with the chat-template
+  text and ``multi_modal_data`` images, one ``SamplingParams(seed=...)`` per request. Import-guarded: importing this
+  module never imports vLLM; constructing the backend without vLLM raises an ``ImportError`` that says what to install.
+
+Both apply the model's own chat template to the structured messages built by
+:mod:`verl_difficulty.scoring.rows` (``{"type": "image"}`` parts where the ``<image>`` placeholders were).
+
+:func:`make_backend` builds a backend from a JSON-able spec (what the engine sends to each Ray worker):
+``{"name": "transformers" | "vllm" | "module.path:ClassName", "model_path": ..., **kwargs}``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import Any, Optional, Sequence
+
+from verl_difficulty.scoring.base import Generation, GenerationRequest, Prompt, SamplingParams
+
+BACKENDS = ("transformers", "vllm")
+
+
+def _load_processor(model_path: str):
+    """``(tokenizer, processor or None)`` of a checkpoint (processor only when it has an image processor)."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_path)
+    processor = None
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(model_path)
+    except Exception:  # noqa: BLE001 - text-only checkpoints have no processor
+        processor = None
+    if processor is not None and getattr(processor, "image_processor", None) is None:
+        processor = None
+    if processor is not None:
+        tokenizer = getattr(processor, "tokenizer", tokenizer)
+    return tokenizer, processor
+
+
+def _chat_text(tokenizer, processor, messages: list[dict]) -> str:
+    templ = processor if processor is not None else tokenizer
+    return templ.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+class TransformersBackend:
+    """Batched transformers generation (text and images), CPU or GPU.
+
+    Args:
+        model_path: a local checkpoint directory (``from_pretrained``).
+        device: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
+        attn_implementation: ``sdpa`` (default), ``eager`` or ``flash_attention_2``.
+        num_threads: torch intra-op threads (CPU); None leaves torch's setting. The engine sets it to the worker's
+            CPUs so every worker computes with the same thread count.
+    """
+
+    name = "transformers"
+
+    def __init__(self, model_path: str, device: str = "auto", dtype: str = "auto", attn_implementation: str = "sdpa",
+                 num_threads: Optional[int] = None):
+        import torch
+
+        from verl_difficulty.generation import HFGenerator, load_generation_model
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if dtype == "auto":
+            dtype = "bfloat16" if str(device).startswith("cuda") else "float32"
+        self.model_path = str(model_path)
+        self.device = str(device)
+        self.dtype = str(dtype)
+        self.attn_implementation = attn_implementation
+        self.tokenizer, self.processor = _load_processor(self.model_path)
+        model = load_generation_model(self.model_path, dtype=getattr(torch, self.dtype),
+                                      attn_implementation=attn_implementation)
+        model.to(self.device)
+        self.generator = HFGenerator(model, self.tokenizer, self.processor)
+
+    def prepare(self, messages: list[dict], images: Optional[list[Any]]) -> Prompt:
+        text = _chat_text(self.tokenizer, self.processor, messages)
+        if images:
+            if self.processor is None:
+                raise ValueError(f"{self.model_path} has no image processor but the row has images")
+            ids = self.processor(text=[text], images=list(images), return_tensors="pt")["input_ids"][0].tolist()
+        elif self.processor is not None:
+            ids = self.processor(text=[text], return_tensors="pt")["input_ids"][0].tolist()
+        else:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return Prompt(text=text, prompt_ids=list(ids), num_images=len(images or []))
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
+        from verl_difficulty.generation import GenRequest, SamplingConfig
+
+        cfg = SamplingConfig(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
+                             top_k=int(sampling.top_k), max_new_tokens=int(sampling.max_tokens))
+        greedy = sampling.temperature <= 0
+        reqs = [GenRequest(prompt_ids=r.prompt.prompt_ids, images=list(r.images) if r.images else None,
+                           seed=None if greedy else int(r.seed)) for r in requests]
+        results = self.generator.generate(reqs, cfg)
+        return [Generation(text=self.tokenizer.decode(res.token_ids, skip_special_tokens=True),
+                           num_tokens=len(res.token_ids), finish_reason=res.finish_reason) for res in results]
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model_path": self.model_path, "device": self.device, "dtype": self.dtype,
+                "attn_implementation": self.attn_implementation}
+
+
+class VLLMBackend:
+    """vLLM offline engine (GPU). Per-request seeds; images as ``multi_modal_data``.
+
+    Args:
+        model_path: checkpoint directory.
+        dtype: vLLM dtype (``auto``, ``bfloat16`` ...).
+        gpu_memory_utilization, max_model_len, tensor_parallel_size, enforce_eager: passed to ``vllm.LLM``.
+        max_images_per_prompt: ``limit_mm_per_prompt={"image": N}``.
+        llm_kwargs: any other ``vllm.LLM`` keyword.
+
+    vLLM's per-request seeds make each request's sample reproducible for the same batch; vLLM does not promise
+    bit-identical logits across batch compositions (kernels pick tile sizes by batch shape), so two runs with
+    different shard layouts can differ in rare tokens. The engine keeps the shard batches fixed to limit this.
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_path: str, dtype: str = "auto", gpu_memory_utilization: float = 0.85,
+                 max_model_len: Optional[int] = None, tensor_parallel_size: int = 1, enforce_eager: bool = False,
+                 max_images_per_prompt: int = 4, num_threads: Optional[int] = None, device: str = "cuda",
+                 **llm_kwargs):
+        try:
+            import vllm
+        except ImportError as e:  # pragma: no cover - exercised where vLLM is missing
+            raise ImportError(
+                "the vllm backend needs vLLM (GPU): pip install 'verl-difficulty[gpu]'; or use --backend transformers"
+            ) from e
+        self.model_path = str(model_path)
+        self.dtype = dtype
+        self.tokenizer, self.processor = _load_processor(self.model_path)
+        kwargs: dict[str, Any] = dict(model=self.model_path, dtype=dtype, seed=0,
+                                      gpu_memory_utilization=gpu_memory_utilization,
+                                      tensor_parallel_size=int(tensor_parallel_size), enforce_eager=enforce_eager)
+        if max_model_len:
+            kwargs["max_model_len"] = int(max_model_len)
+        if self.processor is not None:
+            kwargs["limit_mm_per_prompt"] = {"image": int(max_images_per_prompt)}
+        kwargs.update(llm_kwargs)
+        self.llm_kwargs = {k: v for k, v in kwargs.items() if k != "model"}
+        self.vllm = vllm
+        self.llm = vllm.LLM(**kwargs)
+
+    def prepare(self, messages: list[dict], images: Optional[list[Any]]) -> Prompt:
+        return Prompt(text=_chat_text(self.tokenizer, self.processor, messages), num_images=len(images or []))
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
+        prompts = []
+        params = []
+        for r in requests:
+            p: dict[str, Any] = {"prompt": r.prompt.text}
+            if r.images:
+                p["multi_modal_data"] = {"image": list(r.images)}
+            prompts.append(p)
+            params.append(self.vllm.SamplingParams(
+                n=1, temperature=max(0.0, float(sampling.temperature)), top_p=float(sampling.top_p),
+                top_k=int(sampling.top_k) if sampling.top_k and sampling.top_k > 0 else -1,
+                max_tokens=int(sampling.max_tokens), seed=int(r.seed), skip_special_tokens=True,
+            ))
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        res = []
+        for o in outs:
+            c = o.outputs[0]
+            res.append(Generation(text=c.text, num_tokens=len(c.token_ids), finish_reason=str(c.finish_reason)))
+        return res
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "model_path": self.model_path, "vllm_version": self.vllm.__version__,
+                **{k: v for k, v in self.llm_kwargs.items() if isinstance(v, (str, int, float, bool, dict))}}
+
+
+def vllm_available() -> bool:
+    """True if vLLM can be imported (without importing it when it is already known to be missing)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def make_backend(spec: dict):
+    """Build a backend from ``{"name": ..., "model_path": ..., **kwargs}``.
+
+    ``name``: ``transformers``, ``vllm``, or ``package.module:ClassName`` of any class with the
+    :class:`~verl_difficulty.scoring.base.GenerationBackend` methods (constructed with the remaining keys).
+    """
+    spec = dict(spec)
+    name = spec.pop("name")
+    if name == "transformers":
+        return TransformersBackend(**spec)
+    if name == "vllm":
+        return VLLMBackend(**spec)
+    if ":" in name:
+        module, _, cls = name.partition(":")
+        return getattr(importlib.import_module(module), cls)(**spec)
+    raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS} or 'module:Class'")

@@ -1,0 +1,376 @@
+"""P1 PISM, Progressive Image Semantic Masking (arXiv 2511.06722): the mask ratio at which the base model stops solving.
+
+For each mask ratio lambda in ``ratios`` (default 0.0, 0.1, ..., 0.9; 0 = the original image) the model answers K
+(default 10) independently masked versions of the image; P_c(lambda) = fraction correct. The failure point is
+lambda* = min{lambda : P_c(lambda) < tau} (tau = 0.1) and the bucket is
+
+* ``unsolved`` if P_c(0) < tau (lambda* = 0),
+* ``hard`` if lambda* <= ``hard_max`` (0.4),
+* ``medium`` if ``hard_max`` < lambda* < ``medium_max`` (0.7),
+* ``easy`` if lambda* > ``medium_max`` or the sample never fails; lambda* == ``medium_max`` goes to
+  ``at_medium_max``: ``easy`` as in the paper's text (default) or ``medium`` as in its appendix table.
+
+Mask modes: ``rect`` (the reference code: ONE rectangle of floor(W*sqrt(lambda)) x floor(H*sqrt(lambda)) pixels at a
+uniformly random position, filled with ``fill`` = black) and ``pixel`` (the paper's text: round(lambda*W*H) distinct
+pixels chosen uniformly at random set to ``fill``). The mask is drawn on the image the model sees (after verl's
+``fetch_image`` resizing), so the masked fraction is exact and the image size, hence the number of image tokens and
+the prompt ids, never change. The mask of (row, ratio, try, image) comes from a numpy generator seeded with
+``(seed, row id, "pism-mask", ratio, try, image index)``; the sampling seed of the try is
+``derive_seed(seed, row id, "pism", ratio, try)``. Decoding (reference code): temperature 0.7, 1024 new tokens.
+
+Exact early exit (what makes PISM affordable): with ``need = ceil(tau*K)`` correct tries required to pass a ratio,
+a ratio is decided as soon as ``need`` tries were correct (pass) or too few tries remain to reach ``need`` (fail);
+with tau*K <= 1 that is "stop at the first correct try; fail only after K wrong tries". Ratios above lambda* are not
+tried unless ``scan_all`` (needed for the non-monotone analysis: a sample that fails at 0.3 may pass at 0.5; lambda*
+is still the smallest failing ratio and the full pass vector is recorded). Because the outcome of try t at ratio
+lambda depends only on its seeds, early exit gives exactly the lambda* of the full 10 x 10 scan.
+
+Writes :data:`~verl_difficulty.schema.PISM_LAMBDA`, :data:`~verl_difficulty.schema.PISM_PASS` (1.0 = passed,
+0.0 = failed, NaN = not tried; with ``early_exit=False`` the exact P_c), :data:`~verl_difficulty.schema.PISM_TRIES`
+(tries up to each ratio's decision) and :data:`~verl_difficulty.schema.PISM_BUCKET`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from verl_difficulty.schema import PISM_BUCKET, PISM_LAMBDA, PISM_PASS, PISM_TRIES
+from verl_difficulty.scoring.base import (
+    GenerationRequest,
+    RowFailure,
+    SamplingParams,
+    Scorer,
+    ScoringContext,
+    ScoringRow,
+    derive_seed,
+    ratio_key,
+    seed_sequence,
+)
+
+MASK_MODES = ("rect", "pixel")
+DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(10))
+_EPS = 1e-9
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Masks
+# ----------------------------------------------------------------------------------------------------------------
+def rect_size(width: int, height: int, ratio: float) -> tuple[int, int]:
+    """(w, h) of the reference-code rectangle: floor(W*sqrt(ratio)), floor(H*sqrt(ratio)) (1e-9 guards 0.3*0.3)."""
+    s = math.sqrt(max(0.0, float(ratio)))
+    return min(width, math.floor(width * s + _EPS)), min(height, math.floor(height * s + _EPS))
+
+
+def mask_array(arr: np.ndarray, ratio: float, mode: str, rng: np.random.Generator,
+               fill: Sequence[int] = (0, 0, 0)) -> np.ndarray:
+    """Masked copy of an (H, W, 3) uint8 array (``ratio <= 0``: an unchanged copy)."""
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
+    out = np.array(arr, copy=True)
+    if ratio <= 0:
+        return out
+    h_img, w_img = out.shape[:2]
+    fill_arr = np.asarray(fill, dtype=out.dtype)
+    if mode == "rect":
+        w, h = rect_size(w_img, h_img, ratio)
+        x0 = int(rng.integers(0, w_img - w + 1))
+        y0 = int(rng.integers(0, h_img - h + 1))
+        out[y0 : y0 + h, x0 : x0 + w] = fill_arr
+    else:
+        n_pix = h_img * w_img
+        n = min(n_pix, int(round(float(ratio) * n_pix)))
+        idx = rng.choice(n_pix, size=n, replace=False)
+        flat = out.reshape(n_pix, -1)
+        flat[idx] = fill_arr
+    return out
+
+
+def mask_image(image: Any, ratio: float, mode: str, seed: int, row_id: int, try_index: int, image_index: int = 0,
+               fill: Sequence[int] = (0, 0, 0)) -> Any:
+    """The masked PIL image of (seed, row, ratio, try, image): deterministic, same size as ``image``."""
+    from PIL import Image
+
+    if ratio <= 0:
+        return image
+    rng = np.random.default_rng(seed_sequence(seed, row_id, "pism-mask", ratio_key(ratio), try_index, image_index))
+    arr = np.asarray(image.convert("RGB"))
+    return Image.fromarray(mask_array(arr, ratio, mode, rng, fill))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lambda*, buckets and the per-row procedure
+# ----------------------------------------------------------------------------------------------------------------
+def required_correct(tau: float, k: int) -> int:
+    """Correct tries needed to pass a ratio: P_c >= tau  <=>  correct >= ceil(tau*K)."""
+    return max(0, math.ceil(float(tau) * int(k) - _EPS))
+
+
+def lambda_star(pass_vector: Sequence[float], ratios: Sequence[float], tau: float = 0.1,
+                indicator: bool = False) -> Optional[float]:
+    """min{ratio : P_c(ratio) < tau} over the tried ratios (NaN = untried, skipped); None if it never fails.
+
+    ``indicator=True``: the vector holds 1.0 (passed) / 0.0 (failed) decisions instead of P_c values.
+    """
+    for r, v in zip(ratios, pass_vector):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        failed = v < 0.5 if indicator else v < tau - _EPS
+        if failed:
+            return float(r)
+    return None
+
+
+def pism_bucket(lam: Optional[float], hard_max: float = 0.4, medium_max: float = 0.7,
+                at_medium_max: str = "easy") -> str:
+    """P1 bucket of a failure point (``lam`` None = never fails). Requires ratio 0 to be the first ratio tried."""
+    if lam is None:
+        return "easy"
+    if lam <= _EPS:
+        return "unsolved"
+    if lam <= hard_max + _EPS:
+        return "hard"
+    if abs(lam - medium_max) <= _EPS:
+        return at_medium_max
+    if lam < medium_max:
+        return "medium"
+    return "easy"
+
+
+@dataclass
+class PismParams:
+    mode: str = "rect"
+    """``rect`` (reference code) or ``pixel`` (paper text)."""
+    ratios: tuple = DEFAULT_RATIOS
+    """Mask ratios, ascending, starting at 0.0."""
+    k: int = 10
+    """Masked versions (tries) per ratio."""
+    tau: float = 0.1
+    """P_c(lambda) < tau means failed."""
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    early_exit: bool = True
+    """Decide a ratio as soon as its outcome is certain (exact). False: all K tries, exact P_c in the pass vector."""
+    scan_all: bool = False
+    """Also try the ratios above lambda* (non-monotone analysis)."""
+    hard_max: float = 0.4
+    medium_max: float = 0.7
+    at_medium_max: str = "easy"
+    """Bucket of lambda* == medium_max: ``easy`` (paper text) or ``medium`` (paper appendix table)."""
+    fill: tuple = (0, 0, 0)
+    tries_per_round: int = 1
+    """Tries issued per row per generation round (> 1 speculates past the first success: fewer, larger batches for
+    vLLM, more generations; the values do not change)."""
+
+    def __post_init__(self):
+        self.ratios = tuple(float(r) for r in self.ratios)
+        self.fill = tuple(int(c) for c in self.fill)
+        if self.mode not in MASK_MODES:
+            raise ValueError(f"pism: mode must be one of {MASK_MODES}, got {self.mode!r}")
+        if not self.ratios or abs(self.ratios[0]) > _EPS:
+            raise ValueError("pism: ratios must start at 0.0 (the unmasked image decides 'unsolved')")
+        if any(b <= a for a, b in zip(self.ratios, self.ratios[1:])) or self.ratios[-1] >= 1.0:
+            raise ValueError("pism: ratios must be strictly ascending in [0, 1)")
+        if self.k < 1 or self.max_tokens < 1 or self.tries_per_round < 1:
+            raise ValueError("pism: k, max_tokens and tries_per_round must be >= 1")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError("pism: tau must be in (0, 1]")
+        if self.at_medium_max not in ("easy", "medium"):
+            raise ValueError("pism: at_medium_max must be 'easy' or 'medium'")
+        if not self.hard_max < self.medium_max:
+            raise ValueError("pism: hard_max must be < medium_max")
+
+
+@dataclass
+class PismState:
+    """The exact early-exit procedure of one row, driven by outcomes of (ratio index, try) pairs.
+
+    ``pending()`` lists the tries to generate now (all of them needed before the current ratio can be decided, at
+    least ``tries_per_round``); ``record()`` takes their outcomes in any order; outcomes are consumed in try order.
+    """
+
+    p: PismParams
+    ratio_index: int = 0
+    tries: list = field(default_factory=list)
+    correct: list = field(default_factory=list)
+    decided: list = field(default_factory=list)  # None / True (passed) / False (failed)
+    generated: int = 0
+    _outcomes: dict = field(default_factory=dict)
+    _issued: int = 0
+
+    def __post_init__(self):
+        n = len(self.p.ratios)
+        self.tries, self.correct, self.decided = [0] * n, [0] * n, [None] * n
+        self.need = required_correct(self.p.tau, self.p.k)
+        self._settle()
+
+    @property
+    def done(self) -> bool:
+        return self.ratio_index >= len(self.p.ratios)
+
+    def _needed_now(self) -> int:
+        r = self.ratio_index
+        left = self.p.k - self.tries[r]
+        if not self.p.early_exit:
+            return left
+        missing = self.need - self.correct[r]
+        return max(1, min(missing, left - missing + 1))
+
+    def pending(self) -> list[tuple[int, int]]:
+        if self.done:
+            return []
+        r = self.ratio_index
+        n = max(self._needed_now(), self.p.tries_per_round)
+        hi = min(self.p.k, self.tries[r] + n)
+        out = [(r, t) for t in range(max(self._issued, self.tries[r]), hi)]
+        self._issued = max(self._issued, hi)
+        self.generated += len(out)
+        return out
+
+    def record(self, ratio_index: int, try_index: int, ok: bool) -> None:
+        if ratio_index != self.ratio_index:
+            return  # a speculative try of a ratio decided meanwhile
+        self._outcomes[try_index] = bool(ok)
+        r = self.ratio_index
+        while not self.done and self.decided[r] is None and self.tries[r] in self._outcomes:
+            self.correct[r] += int(self._outcomes.pop(self.tries[r]))
+            self.tries[r] += 1
+            self._settle()
+            r = self.ratio_index
+
+    def _settle(self) -> None:
+        """Decide the current ratio if its outcome is certain, then move on (or stop)."""
+        while not self.done:
+            r = self.ratio_index
+            c, t, k = self.correct[r], self.tries[r], self.p.k
+            if self.p.early_exit:
+                if c >= self.need:
+                    self.decided[r] = True
+                elif c + (k - t) < self.need:
+                    self.decided[r] = False
+            elif t >= k:
+                self.decided[r] = c >= self.need
+            if self.decided[r] is None:
+                return
+            self._outcomes.clear()
+            self._issued = 0
+            if self.decided[r] is False and not self.p.scan_all:
+                self.ratio_index = len(self.p.ratios)
+            else:
+                self.ratio_index += 1
+
+    def pass_vector(self) -> list[float]:
+        out = []
+        for r, d in enumerate(self.decided):
+            if d is None:
+                out.append(float("nan"))
+            elif self.p.early_exit:
+                out.append(1.0 if d else 0.0)
+            else:
+                out.append(self.correct[r] / self.p.k)
+        return out
+
+    def lambda_star(self) -> Optional[float]:
+        for r, d in enumerate(self.decided):
+            if d is False:
+                return float(self.p.ratios[r])
+        return None
+
+    def result(self) -> dict:
+        lam = self.lambda_star()
+        return {
+            PISM_LAMBDA: lam,
+            PISM_PASS: self.pass_vector(),
+            PISM_TRIES: list(self.tries),
+            PISM_BUCKET: pism_bucket(lam, self.p.hard_max, self.p.medium_max, self.p.at_medium_max),
+        }
+
+
+def run_procedure(outcome: Callable[[int, int], bool], params: Optional[PismParams] = None) -> PismState:
+    """Run the early-exit procedure of one row against ``outcome(ratio_index, try_index) -> correct`` (a simulator or
+    a scripted model); the returned state holds lambda*, the pass vector and ``generated`` (generations used)."""
+    st = PismState(params or PismParams())
+    while not st.done:
+        for r, t in st.pending():
+            st.record(r, t, outcome(r, t))
+    return st
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The scorer
+# ----------------------------------------------------------------------------------------------------------------
+class PismScorer(Scorer):
+    """P1 PISM: lambda*, pass vector, tries, bucket (needs at least one image per row)."""
+
+    name = "pism"
+    version = "1"
+    requires_image = True
+
+    def __init__(self, **params):
+        self.p = PismParams(**params)
+
+    def params(self) -> dict:
+        d = asdict(self.p)
+        d["ratios"] = list(self.p.ratios)
+        d["fill"] = list(self.p.fill)
+        return d
+
+    def fields(self):
+        import pyarrow as pa
+
+        return [(PISM_LAMBDA, pa.float64()), (PISM_PASS, pa.list_(pa.float64())), (PISM_TRIES, pa.list_(pa.int64())),
+                (PISM_BUCKET, pa.string())]
+
+    def score(self, rows: Sequence[ScoringRow], ctx: ScoringContext) -> list:
+        sampling = SamplingParams(temperature=self.p.temperature, top_p=self.p.top_p, max_tokens=self.p.max_tokens)
+        out: list = [None] * len(rows)
+        states: dict[int, PismState] = {}
+        prompts = {}
+        for i, row in enumerate(rows):
+            if not row.images:
+                out[i] = RowFailure("pism: the row has no image")
+                continue
+            try:
+                prompts[i] = ctx.prompt(row, with_images=True)
+            except Exception as e:  # noqa: BLE001
+                out[i] = RowFailure(f"pism: prompt failed: {type(e).__name__}: {e}")
+                continue
+            states[i] = PismState(self.p)
+        while True:
+            requests, keys = [], []
+            for i, st in states.items():
+                if out[i] is not None:
+                    continue
+                row = rows[i]
+                for r, t in st.pending():
+                    ratio = self.p.ratios[r]
+                    try:
+                        images = [mask_image(im, ratio, self.p.mode, ctx.seed, row.row_id, t, j, self.p.fill)
+                                  for j, im in enumerate(row.images)]
+                    except Exception as e:  # noqa: BLE001
+                        out[i] = RowFailure(f"pism: masking failed: {type(e).__name__}: {e}")
+                        break
+                    seed = derive_seed(ctx.seed, row.row_id, self.name, ratio_key(ratio), t)
+                    requests.append(GenerationRequest(prompts[i], images, seed,
+                                                      {"scorer": self.name, "row": row.row_id, "ratio": ratio,
+                                                       "ratio_index": r, "try": t}))
+                    keys.append((i, r, t))
+            if not requests:
+                break
+            gens = ctx.generate(requests, sampling)
+            ok = ctx.verify(gens, [rows[i] for i, _, _ in keys])
+            for (i, r, t), g, v in zip(keys, gens, ok):
+                if out[i] is not None:
+                    continue
+                if isinstance(g, Exception):
+                    out[i] = RowFailure(f"pism: {g}")
+                    continue
+                states[i].record(r, t, v)
+        for i, st in states.items():
+            if out[i] is None:
+                out[i] = st.result()
+        return out

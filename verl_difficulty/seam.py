@@ -139,31 +139,45 @@ def register_trainer_mode() -> None:
 
         # -------------------------------------------------------------- sampler
         def _init_dataloader(self):
+            from verl_difficulty.hints import HintConfig, configure_dataset_hints, install_hint_dataset
+            from verl_difficulty.sampler import check_dataloader_workers
+
+            section = self.config.get("difficulty", None)
+            hints_node = section.get("hints", None) if section is not None else None
+            hints = HintConfig.from_dict(
+                OmegaConf.to_container(hints_node, resolve=True) if isinstance(hints_node, DictConfig) else hints_node
+            )
+            if hints.enable:
+                # verl's own dataset hook (rl_dataset.py get_dataset_class): build the datasets as hint datasets
+                install_hint_dataset(self.config.data)
             super()._init_dataloader()
             scfg = self.difficulty_config.sampler
-            if not scfg.enable:
-                return
-            from torchdata.stateful_dataloader import StatefulDataLoader
-            from verl.utils.dataset.rl_dataset import collate_fn
+            if scfg.enable:
+                from torchdata.stateful_dataloader import StatefulDataLoader
+                from verl.utils.dataset.rl_dataset import collate_fn
 
-            num_workers = int(self.config.data.get("dataloader_num_workers", 0))
-            if num_workers > 0:
-                raise ValueError(
-                    f"difficulty.sampler.enable=true needs data.dataloader_num_workers=0 (got {num_workers}): "
-                    "worker prefetch draws indices ahead of time and the sampler's online updates would be lost"
+                check_dataloader_workers(self.config.data.get("dataloader_num_workers", 0))
+                # read after super(): verl forces gen_batch_size=1 for DAPO / async refills
+                gen_batch_size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
+                self.difficulty_sampler = DifficultySampler.from_dataset(
+                    self.train_dataset, scfg, batch_size=int(gen_batch_size)
                 )
-            self.difficulty_sampler = DifficultySampler.from_dataset(self.train_dataset, scfg)
-            gen_batch_size = self.config.data.get("gen_batch_size", None) or self.config.data.train_batch_size
-            self.train_dataloader = StatefulDataLoader(
-                dataset=self.train_dataset,
-                batch_size=gen_batch_size,
-                num_workers=0,
-                drop_last=True,
-                collate_fn=collate_fn,
-                sampler=self.difficulty_sampler,
-            )
-            self.train_dataloader_it = None
-            logger.info("verl-difficulty: difficulty sampler installed over %d prompts", len(self.difficulty_sampler))
+                self.train_dataloader = StatefulDataLoader(
+                    dataset=self.train_dataset,
+                    batch_size=gen_batch_size,
+                    num_workers=0,
+                    drop_last=True,
+                    collate_fn=collate_fn,
+                    sampler=self.difficulty_sampler,
+                )
+                self.train_dataloader_it = None
+                logger.info(
+                    "verl-difficulty: difficulty sampler (mode=%s, schedule=%s) installed over %d prompts",
+                    scfg.mode, scfg.schedule.type, len(self.difficulty_sampler.prompt_ids),
+                )
+            if hints.enable:
+                configure_dataset_hints(self.train_dataset, hints, "train", sampler=self.difficulty_sampler)
+                configure_dataset_hints(self.val_dataset, hints, "val")
 
         # -------------------------------------------------------------- advantage step
         def _compute_advantage(self, batch, metrics: dict):
@@ -190,8 +204,12 @@ def register_trainer_mode() -> None:
             pid = ntb[schema.SEAM_PROMPT_ID]
             metrics.update(self._batch_metrics(ntb, correct, old_log_probs))
             if self.difficulty_sampler is not None:
-                self.difficulty_sampler.update(pid, correct)
+                # the outcomes of step N; the sampler's next draws are for step N + 1 (schedules follow the step)
+                self.difficulty_sampler.update(pid, correct, step=int(self.global_steps))
                 metrics.update(self.difficulty_sampler.metrics())
+            hint_metrics = getattr(self.train_dataset, "hint_metrics", None)
+            if callable(hint_metrics):
+                metrics.update(hint_metrics())
             return batch
 
         @staticmethod

@@ -7,6 +7,14 @@ sampler, estimator, reward manager and CPU backend. Nothing is mocked. Three lau
 2. the same command with 3 total steps: resumes from the checkpoint and runs step 3 with the sampler state restored;
 3. 1 step with ``durian`` (reasoning branch on ``old_log_probs``; perceptual branch off since the synthetic data has no
    visual-entropy column yet: the forward-pass scorers are a later issue).
+
+Runs 1 and 2 use the sampler in stratified mode with P2's two-stage schedule (stage 1 = medium prompts, stage 2 from
+step 3 = half medium, half hard), the band-pass filter and the P2 hints on hard prompts (buckets are the synthetic
+data's known levels, :mod:`verl_difficulty.data.true_buckets`). Exact resume is checked without an extra launch: each
+run writes a trace of its draws and updates (``difficulty.sampler.trace_path``); a fresh sampler fed run 1's outcomes
+in-process reproduces run 1's draws of steps 1-2 and the checkpointed state, and then draws for step 3 exactly what
+the resumed run 2 drew. (Comparing with a separate uninterrupted launch would not be sound: the rollouts are not
+seeded, so another launch sees other outcomes and its band-pass legitimately draws differently.)
 """
 
 from __future__ import annotations
@@ -82,14 +90,43 @@ def _finite(record: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
+    from verl_difficulty.data.true_buckets import add_true_buckets
+
     work = tmp_path_factory.mktemp("e2e")
     prepare_smoke(str(work), n_train=32, n_val=8)
+    for split in ("train", "val"):
+        add_true_buckets(str(work / "data" / f"{split}.parquet"))
     return work
+
+
+# stratified sampler + P2 two stages (switch at step 3) + band-pass + hints on hard prompts; 32 rows = 8 per bucket
+SAMPLER_OVERRIDES = [
+    "difficulty.sampler.mode=stratified",
+    "difficulty.sampler.mix={medium:1.0}",
+    "difficulty.sampler.schedule.type=two_stage",
+    "difficulty.sampler.schedule.switch_step=3",
+    "difficulty.sampler.schedule.stage1={mix:{medium:1.0}}",
+    "difficulty.sampler.schedule.stage2={mix:{medium:0.5,hard:0.5}}",
+    "difficulty.sampler.band.enable=true",
+    "difficulty.sampler.band.low=0.2",
+    "difficulty.sampler.band.high=1.0",
+    "difficulty.hints.enable=true",
+    "difficulty.hints.select=[bucket]",
+    "difficulty.hints.buckets=[hard]",
+]
+
+
+def _trace(workdir: Path, name: str) -> list[dict]:
+    path = workdir / f"{name}.trace.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")
 def first_run(workdir):
-    return _run(workdir, "run1", steps=2, extra=["trainer.save_freq=2"])
+    return _run(
+        workdir, "run1", steps=2,
+        extra=["trainer.save_freq=2", *SAMPLER_OVERRIDES, f"difficulty.sampler.trace_path={workdir / 'run1.trace.jsonl'}"],
+    )
 
 
 def test_two_steps_with_plugin(first_run, workdir):
@@ -111,9 +148,14 @@ def test_two_steps_with_plugin(first_run, workdir):
         # rollout (transformers server) and actor agree: weights were synced and log-probs match
         assert d["training/rollout_probs_diff_max"] < 1e-4
         assert 0.0 <= d["difficulty/batch/acc_mean"] <= 1.0
-    # the sampler learned from 4 prompts per step
+    # the sampler learned from 4 prompts per step, drawn by the stage-1 mix (medium only), no hints yet
     assert data[1]["difficulty/sampler/prompts_seen"] == 4
     assert data[2]["difficulty/sampler/prompts_seen"] == 8
+    for step in (1, 2):
+        assert data[step]["curriculum/stage"] == 1.0 and data[step]["curriculum/step"] == step
+        assert data[step]["difficulty/sampler/batch_frac/medium"] == 1.0
+        assert data[step]["difficulty/hints/applied"] == 0.0
+        assert "difficulty/sampler/bandpass_fallback" in data[step]
     ckpt = workdir / "checkpoints" / "global_step_2"
     assert (ckpt / "data.pt").exists()
     assert any((ckpt / "actor").glob("model_world_size_1_rank_0.pt"))
@@ -124,19 +166,64 @@ def test_two_steps_with_plugin(first_run, workdir):
     state = torch.load(ckpt / "data.pt", weights_only=False)
     sampler_state = state["_sampler_iter_state"]["sampler_state"]
     assert sampler_state["position"] == 8 and sampler_state["epoch"] == 0
+    assert sampler_state["step"] == 3  # the next draws are for step 3
     assert int(sampler_state["seen"].sum()) == 8 * 4  # 8 prompts x rollout.n=4 responses
+    trace = _trace(workdir, "run1")
+    assert [(e["event"], e["step"]) for e in trace] == [("draw", 1), ("update", 1), ("draw", 2), ("update", 2)]
 
 
 def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
-    records, wall, peak, out = _run(workdir, "run2", steps=3, extra=["trainer.save_freq=3"])
+    import datasets
+    import numpy as np
+    import torch
+
+    from verl_difficulty.sampler import DifficultySampler, SamplerConfig
+
+    records, wall, peak, out = _run(
+        workdir, "run2", steps=3,
+        extra=["trainer.save_freq=3", *SAMPLER_OVERRIDES, f"difficulty.sampler.trace_path={workdir / 'run2.trace.jsonl'}"],
+    )
     assert "Resuming from" in out and "global_step_2" in out
     steps = [r["step"] for r in records if "actor/grad_norm" in r["data"]]
     assert steps == [3]
     d = records[-1]["data"]
-    # restored online estimates (8 prompts seen before the checkpoint) + this step's 4
-    assert d["difficulty/sampler/prompts_seen"] == 12
     assert d["training/rollout_probs_diff_max"] < 1e-4  # the resumed weights reached the rollout server
     assert (workdir / "checkpoints" / "global_step_3" / "data.pt").exists()
+    # stage 2 from step 3: half medium (a second pass over the 8 medium prompts, band-pass applies), half hard (hinted)
+    assert d["curriculum/stage"] == 2.0 and d["curriculum/step"] == 3.0
+    assert d["difficulty/sampler/batch_frac/medium"] == 0.5 and d["difficulty/sampler/batch_frac/hard"] == 0.5
+    assert d["difficulty/hints/applied"] == 2.0
+
+    # exact resume: an uninterrupted sampler, fed run 1's outcomes in-process, draws run 2's step-3 batch
+    run1, run2 = _trace(workdir, "run1"), _trace(workdir, "run2")
+    assert [(e["event"], e["step"]) for e in run2] == [("draw", 3), ("update", 3)]
+    saved = torch.load(workdir / "checkpoints" / "global_step_2" / "data.pt", weights_only=False)
+    saved = saved["_sampler_iter_state"]["sampler_state"]
+    cfg = dict(saved["config"], trace_path=None)
+
+    class _Data:
+        dataframe = datasets.load_dataset("parquet", data_files=str(workdir / "data" / "train.parquet"))["train"]
+
+    replay = DifficultySampler.from_dataset(_Data(), SamplerConfig.from_dict(cfg), batch_size=4)
+    it = iter(replay)
+    draws1 = [e for e in run1 if e["event"] == "draw"]
+    updates1 = [e for e in run1 if e["event"] == "update"]
+    for draw, update in zip(draws1, updates1):
+        assert [next(it) for _ in range(4)] == draw["rows"], f"step {draw['step']} differs from run 1"
+        replay.update(update["ids"], update["correct"], step=update["step"])
+    state = replay.state_dict()
+    for key in ("est", "alpha", "beta", "seen", "banned_until", "cursor", "passes", "carry"):
+        assert np.array_equal(state[key], saved[key]), key
+    for key in ("epoch", "position", "batch_in_epoch", "step"):
+        assert state[key] == saved[key], key
+    step3 = [next(it) for _ in range(4)]
+    assert step3 == run2[0]["rows"]  # the resumed run drew what an uninterrupted one would have
+    replay.update(run2[1]["ids"], run2[1]["correct"], step=3)
+    m = replay.metrics()
+    for key in ("curriculum/batch_id_hash", "difficulty/sampler/prompts_seen", "difficulty/sampler/bandpass_fallback",
+                "difficulty/sampler/bandpass_skipped", "difficulty/sampler/pass_rate_mean"):
+        assert m[key] == pytest.approx(d[key]), key
+    print(f"[e2e] step-3 draw {step3} (fallback {run2[0]['fallback']}, skipped {run2[0]['skipped']}) reproduced")
 
 
 def test_durian_runs_in_training(first_run, workdir):

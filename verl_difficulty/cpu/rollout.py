@@ -58,6 +58,8 @@ class TransformersServer:
         self.tokenizer = hf_tokenizer(path, trust_remote_code=trust_remote_code)
         self.processor = hf_processor(path, trust_remote_code=trust_remote_code)
         self.model = load_generation_model(path, dtype=dtype)
+        # seeded sampling: a rerun of the same job draws the same rollouts (for a fixed request order)
+        torch.manual_seed(int(getattr(config, "seed", 0) or 0) + int(replica_rank))
         self.generator = HFGenerator(self.model, self.tokenizer, self.processor)
         self.max_batch_size = max(1, int(max_batch_size))
         self.global_steps: int = 0

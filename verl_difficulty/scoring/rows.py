@@ -56,7 +56,14 @@ def build_messages(prompt: Any, drop_images: bool = False, system_prompt: str = 
     if system_prompt not in SYSTEM_PROMPT_MODES:
         raise ValueError(f"system_prompt must be one of {SYSTEM_PROMPT_MODES}, got {system_prompt!r}")
     out = []
-    for message in _as_list(prompt):
+    messages = _as_list(prompt)
+    # verl turns every string content into parts when the row has images, and keeps strings otherwise
+    structured = not drop_images and any(
+        (isinstance(m.get("content"), str) and IMAGE_PLACEHOLDER in m["content"])
+        or (not isinstance(m.get("content"), str) and any(p.get("type") == "image" for p in _as_list(m["content"])))
+        for m in messages
+    )
+    for message in messages:
         role = message.get("role")
         if system_prompt == "drop" and role == "system":
             continue
@@ -81,9 +88,9 @@ def build_messages(prompt: Any, drop_images: bool = False, system_prompt: str = 
         if drop_images:
             text = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
             out.append({"role": role, "content": text.strip() if has_image else text})
-        elif has_image:
+        elif structured:
             out.append({"role": role, "content": parts})
-        else:  # plain text message: keep a string content (what the chat templates expect)
+        else:  # a text-only row: string contents, as verl keeps them
             out.append({"role": role, "content": "".join(p.get("text", "") for p in parts)})
     return out
 

@@ -64,6 +64,10 @@ class _MemoryMonitor:
         return (self.peak - self.baseline) / 2**30
 
 
+_SHOWN = ("actor/grad_norm", "critic/score/mean", "difficulty/batch/acc_mean", "difficulty/weighting/weight_mean",
+          "training/rollout_probs_diff_max", "timing_s/step", "difficulty/sampler/prompts_seen")
+
+
 def _run(workdir: Path, name: str, steps: int, extra: list[str]) -> tuple[list[dict], float, float, str]:
     log_path = workdir / f"{name}.metrics.jsonl"
     env = dict(os.environ, VERL_PLATFORM="cpu", VERL_FILE_LOGGER_PATH=str(log_path), RAY_DEDUP_LOGS="0")
@@ -77,6 +81,9 @@ def _run(workdir: Path, name: str, steps: int, extra: list[str]) -> tuple[list[d
     assert proc.returncode == 0, f"{name} failed (rc={proc.returncode}):\n{out[-6000:]}"
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     print(f"[e2e] {name}: wall {wall:.1f}s, peak memory above baseline {mem.peak_gib:.2f} GiB")
+    for r in records:
+        shown = {k: round(v, 4) for k, v in r["data"].items() if k in _SHOWN}
+        print(f"[e2e] {name} step {r['step']}: {shown}")
     return records, wall, mem.peak_gib, out
 
 

@@ -120,6 +120,8 @@ SAMPLER_OVERRIDES = [
     "difficulty.hints.enable=true",
     "difficulty.hints.select=[bucket]",
     "difficulty.hints.buckets=[hard]",
+    # the default hint is ~90 tokens with the tiny byte-level tokenizer: prompts reach ~265 tokens (a real one: ~30)
+    "data.max_prompt_length=384",
 ]
 
 
@@ -233,10 +235,14 @@ def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
     print(f"[e2e] step-3 draw {step3} (fallback {run2[0]['fallback']}, skipped {run2[0]['skipped']}) reproduced")
 
 
-def test_durian_runs_in_training(first_run, workdir):
+def test_durian_runs_in_training_under_dapo(first_run, workdir):
+    """durian under DAPO: verl's dynamic sampling (filter_groups), clip-higher, token-mean loss.
+
+    Groups are formed from what reaches the advantage step: DAPO has already dropped zero-variance groups.
+    """
     records, *_ = _run(
         workdir,
-        "run_durian",
+        "run_durian_dapo",
         steps=1,
         extra=[
             "algorithm.adv_estimator=durian",
@@ -244,11 +250,20 @@ def test_durian_runs_in_training(first_run, workdir):
             "algorithm.difficulty.durian.alpha_ori=0.5",
             "algorithm.difficulty.durian.alpha_reason=0.5",
             "algorithm.difficulty.durian.reason_groups=2",
+            "algorithm.filter_groups.enable=true",
+            "algorithm.filter_groups.metric=score",
+            "actor_rollout_ref.actor.clip_ratio_high=0.28",
+            "actor_rollout_ref.actor.loss_agg_mode=token-mean",
             "trainer.save_freq=-1",
             "trainer.resume_mode=disable",
             f"trainer.default_local_dir={workdir / 'checkpoints_durian'}",
         ],
     )
     d = [r["data"] for r in records if "actor/grad_norm" in r["data"]][-1]
-    assert any(k.startswith("difficulty/durian/") for k in d), sorted(k for k in d if "difficulty" in k)
     assert not _finite({"step": 1, "data": d})
+    # durian ran on the train batch's 4 prompts, split into its 2 reasoning (confidence) groups
+    assert d["difficulty/durian/num_prompts"] == 4
+    assert d["difficulty/durian/reason_prompts/g0"] + d["difficulty/durian/reason_prompts/g1"] == 4
+    # DAPO filtered before the advantage step: no zero-variance group reached durian
+    assert d["difficulty/durian/zero_variance_frac"] == 0.0
+    assert d["actor/grad_norm"] > 0

@@ -132,7 +132,8 @@ def main() -> None:
         worst_build = max(worst_build, r["build_first_batch_s"])
         worst_mem = max(worst_mem, r["arrays_mb"], r["checkpoint_mb"], r["build_peak_alloc_mb"])
         print(f"{r['mode']:<22} {r['build_first_batch_s']:>14.3f} s {r['build_peak_alloc_mb']:>8.1f} MB "
-              f"{r['arrays_mb']:>6.1f} MB {r['checkpoint_mb']:>6.1f} MB {r['draw_ms']:>8.2f} ms {r['update_ms']:>6.2f} ms")
+              f"{r['arrays_mb']:>6.1f} MB {r['checkpoint_mb']:>6.1f} MB {r['draw_ms']:>8.2f} ms "
+              f"{r['update_ms']:>6.2f} ms")
     small, large = update_cost(10_000, args.batch, args.rollouts), update_cost(args.n, args.batch, args.rollouts)
     print(f"update of {args.batch} prompts x {args.rollouts} rollouts: {small:.3f} ms at N=10,000, "
           f"{large:.3f} ms at N={args.n:,} (O(batch): independent of N)")

@@ -178,7 +178,8 @@ def _add_score_parser(sub) -> None:
     g = p.add_argument_group("Ray")
     g.add_argument("--num-workers", type=int, default=None,
                    help="model replicas (default: one per GPU, else 1); 0 = in this process without Ray")
-    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (= torch threads on CPU)")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0,
+                   help="CPUs per worker (= torch threads, also with --num-workers 0; default 1)")
     g.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default 1 if the cluster "
                    "has GPUs and --device is not cpu)")
     g.add_argument("--ray-address", default=None, help="existing cluster (auto, HOST:PORT); default: $RAY_ADDRESS "

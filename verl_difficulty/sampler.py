@@ -429,7 +429,11 @@ def read_row_fields(dataset, config: SamplerConfig) -> RowFields:
 # The sampler
 # ----------------------------------------------------------------------------------------------------------------------
 class _Iterator:
-    """One pass of the dataloader over the sampler; all state lives in the sampler (so checkpoints are complete)."""
+    """One pass of the dataloader over the sampler; all state lives in the sampler (so checkpoints are complete).
+
+    ``state_dict``/``load_state_dict`` are stubs: torchdata's batch-sampler iterator asserts that the sampler
+    iterator is stateful when a checkpoint holds an iterator state (one written with verl's stock RandomSampler).
+    """
 
     def __init__(self, sampler: "DifficultySampler"):
         self.sampler = sampler
@@ -437,6 +441,16 @@ class _Iterator:
 
     def __iter__(self):
         return self
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            logger.warning(
+                "difficulty sampler: the checkpoint's dataloader state comes from another sampler (verl's stock "
+                "RandomSampler?); the difficulty sampler starts afresh (epoch 0, prior estimates)"
+            )
 
     def __next__(self) -> int:
         s = self.sampler
@@ -882,7 +896,10 @@ class DifficultySampler(torch.utils.data.Sampler[int]):
     def _allocate(self, mix: np.ndarray, b: int) -> np.ndarray:
         """Per-bucket counts of a batch of ``b``: largest remainder on the mix plus the carried residuals."""
         if self.carry_mix is None or not np.array_equal(self.carry_mix, mix):
-            self.carry[:] = 0.0
+            # a moving mix (linear schedule) keeps what each bucket is owed; buckets leaving the mix forfeit theirs
+            self.carry[mix <= 0] = 0.0
+            live = mix > 0
+            self.carry[live] -= self.carry[live].mean()
             self.carry_mix = mix.copy()
         q = self.carry + b * mix
         qp = np.where(mix > 0, np.maximum(q, 0.0), 0.0)

@@ -125,6 +125,10 @@ SAMPLER_OVERRIDES = [
 ]
 
 
+def _trace_override(workdir: Path, name: str) -> str:
+    return f"difficulty.sampler.trace_path={workdir / f'{name}.trace.jsonl'}"
+
+
 def _trace(workdir: Path, name: str) -> list[dict]:
     path = workdir / f"{name}.trace.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -134,7 +138,7 @@ def _trace(workdir: Path, name: str) -> list[dict]:
 def first_run(workdir):
     return _run(
         workdir, "run1", steps=2,
-        extra=["trainer.save_freq=2", *SAMPLER_OVERRIDES, f"difficulty.sampler.trace_path={workdir / 'run1.trace.jsonl'}"],
+        extra=["trainer.save_freq=2", *SAMPLER_OVERRIDES, _trace_override(workdir, "run1")],
     )
 
 
@@ -190,7 +194,7 @@ def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
 
     records, wall, peak, out = _run(
         workdir, "run2", steps=3,
-        extra=["trainer.save_freq=3", *SAMPLER_OVERRIDES, f"difficulty.sampler.trace_path={workdir / 'run2.trace.jsonl'}"],
+        extra=["trainer.save_freq=3", *SAMPLER_OVERRIDES, _trace_override(workdir, "run2")],
     )
     assert "Resuming from" in out and "global_step_2" in out
     steps = [r["step"] for r in records if "actor/grad_norm" in r["data"]]

@@ -23,7 +23,8 @@ def test_add_hint_positions_and_roles():
     out = add_hint(msgs, _cfg(template="HARD."))
     assert out[1]["content"] == "<image>How many red shapes?\nHARD."
     assert msgs[1]["content"] == USER["content"]  # the input is not mutated
-    assert add_hint(msgs, _cfg(template="HARD.", position="prefix"))[1]["content"] == "HARD.\n<image>How many red shapes?"
+    prefixed = add_hint(msgs, _cfg(template="HARD.", position="prefix"))
+    assert prefixed[1]["content"] == "HARD.\n<image>How many red shapes?"
     assert add_hint(msgs, _cfg(template="HARD.", role="system"))[0]["content"] == "You are careful.\nHARD."
     no_system = add_hint([USER], _cfg(template="HARD.", role="system"))
     assert no_system[0] == {"role": "system", "content": "HARD."} and no_system[1] == USER

@@ -1,4 +1,4 @@
-"""Generation backends of the offline scorers, behind one interface (:class:`~verl_difficulty.scoring.base.GenerationBackend`).
+"""Generation backends of the offline scorers behind one interface, :class:`~.base.GenerationBackend`.
 
 * :class:`TransformersBackend` (CPU or GPU): the plugin's batched, left-padded transformers generation
   (:class:`verl_difficulty.generation.HFGenerator`), images through the model's processor, one seeded

@@ -15,6 +15,7 @@ Determinism contract (why reruns, resumed runs and runs with another number of w
 from __future__ import annotations
 
 import abc
+import sys
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Protocol, Sequence, runtime_checkable
@@ -202,15 +203,11 @@ class ScoringContext:
 
 
 def _failure(req: GenerationRequest) -> RowFailure:
-    import traceback
-
-    import sys
-
+    """The :class:`RowFailure` of a request whose generation raised (called inside the ``except`` block)."""
     exc = sys.exc_info()[1]
     msg = f"generation failed: {type(exc).__name__}: {exc}" if exc is not None else "generation failed"
     failure = RowFailure(msg[:500])
     failure.__cause__ = exc
-    failure.traceback = traceback.format_exc(limit=3)  # type: ignore[attr-defined]
     return failure
 
 

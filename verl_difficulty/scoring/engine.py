@@ -39,7 +39,12 @@ Output columns: every input column, plus each scorer's columns (names from :mod:
 verifier, seed, date); all of them are mirrored inside the ``extra_info`` struct (verl forwards ``extra_info`` to the
 reward loop and drops unknown top-level columns). Columns of the same name already in the input (a re-score) are
 replaced; provenance entries of other scorers are kept. The provenance date is the job's creation date (kept across
-resumes).
+resumes). An ``extra_info`` that is not a struct column (a map or a JSON string) is left as is: the scores are then in
+the flat columns only.
+
+Threads: every worker (and the in-process mode) sets torch to ``cpus_per_worker`` threads, so all workers compute
+with the same thread count (CPU float reductions can depend on it). In-process mode changes the calling process's
+torch thread count.
 """
 
 from __future__ import annotations
@@ -570,7 +575,6 @@ class _Progress:
     def __init__(self, enabled: bool, total: int, initial: int):
         self.bar = None
         self.gens = 0
-        self.gens_base = 0
         self.t0 = time.time()
         if enabled:
             from tqdm.auto import tqdm
@@ -620,6 +624,9 @@ def run_scoring(job: ScoreJob, backend: Any = None, verifier: Any = None,
     resumed = len(shards) - len(todo)
     if resumed:
         log(f"resuming {out.path}: {resumed}/{len(shards)} shards already done")
+    if todo and out.manifest.get("complete"):
+        out.manifest["complete"] = False
+        out.save()
     failed: dict[int, str] = {}
     stats = {"workers": 0}
     if todo:
@@ -640,12 +647,17 @@ def run_scoring(job: ScoreJob, backend: Any = None, verifier: Any = None,
     missing = [s.id for s in shards if not out.is_done(s)]
     if missing:
         raise RuntimeError(f"shards {missing[:10]} are not done")
-    _merge(out, shards)
+    already = (not todo and out.manifest.get("complete") and os.path.exists(out.merged)
+               and os.path.getsize(out.merged) == out.manifest.get("merged_bytes"))
+    if not already:  # a finished job rerun is a no-op
+        _merge(out, shards)
     summary = _summary(out, shards, fields, job, stats, resumed, time.time() - t_start,
                        sum(s.rows for s in todo))
-    out.manifest["complete"] = True
-    out.manifest["merged_sha256"] = _sha256_file(out.merged)
-    out.save()
+    if not already:
+        out.manifest["complete"] = True
+        out.manifest["merged_sha256"] = _sha256_file(out.merged)
+        out.manifest["merged_bytes"] = os.path.getsize(out.merged)
+        out.save()
     _atomic_write_bytes(out.summary, json.dumps(summary, indent=1, sort_keys=True).encode())
     log(format_summary(summary))
     return summary
@@ -690,17 +702,20 @@ def _init_ray(job: ScoreJob, log) -> bool:
 
     if ray.is_initialized():
         return False
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}}
     address = job.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address:  # no runtime_env here: a `ray job submit` runtime env (pip, working_dir) stays in charge
         log(f"connecting to the Ray cluster at {address}")
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True)
     else:
         n = job.num_workers or 1
         num_cpus = max(os.cpu_count() or 1, int(math.ceil(n * job.cpus_per_worker)))
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True,
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  object_store_memory=int(os.environ.get("VERL_DIFFICULTY_OBJECT_STORE_MB", "1024")) * 2**20)
     return True
+
+
+_WORKER_ENV = {"env_vars": {"TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}}
+"""Per-actor runtime env (Ray merges ``env_vars`` with the job's runtime env)."""
 
 
 def _actor_class():
@@ -728,14 +743,20 @@ def _run_ray(job, config, todo, commit, progress, failed, log) -> int:
         n = job.num_workers
         if n is None:
             n = max(1, int(cluster_gpus // gpus)) if gpus > 0 else 1
+        if int(n) > len(todo):
+            log(f"only {len(todo)} shard(s) to do for {n} workers: using {len(todo)} (a smaller --shard-size "
+                "spreads the rows over more workers)")
         n = max(1, min(int(n), len(todo)))
         threads = max(1, int(job.cpus_per_worker)) if job.cpus_per_worker else None
         log(f"starting {n} scoring worker(s) ({job.cpus_per_worker} CPU, {gpus} GPU each; cluster: "
             f"{resources.get('CPU', 0):g} CPU, {cluster_gpus:g} GPU)")
         cls = _actor_class()
-        actors = [cls.options(num_cpus=job.cpus_per_worker, num_gpus=gpus, max_restarts=2, max_task_retries=0)
-                  .remote(config, None, None, threads) for _ in range(n)]
-        info = ray.get([a.ready.remote() for a in actors])
+        actors = [cls.options(num_cpus=job.cpus_per_worker, num_gpus=gpus, max_restarts=2, max_task_retries=0,
+                              runtime_env=_WORKER_ENV).remote(config, None, None, threads) for _ in range(n)]
+        try:
+            info = ray.get([a.ready.remote() for a in actors])
+        except Exception as e:  # noqa: BLE001 - e.g. vLLM missing on a node, a wrong model path
+            raise RuntimeError(f"scoring workers failed to start: {type(e).__name__}: {str(e)[-2000:]}") from e
         for i in info:
             log(f"worker {i['worker']}: {_canonical(i['backend'])}")
         _dispatch(job, actors, todo, commit, progress, failed, log)
@@ -785,7 +806,7 @@ def _dispatch(job, actors, todo, commit, progress, failed, log) -> None:
         if time.time() - last_poll > 2.0:
             last_poll = time.time()
             try:
-                counts = ray.get([a.progress.remote() for a in actors], timeout=10)
+                counts = ray.get([a.progress.remote() for a in actors], timeout=2)
                 progress.generations(sum(counts))
             except Exception:  # noqa: BLE001 - a restarting worker; try again later
                 progress.generations(gen_done)

@@ -6,7 +6,7 @@ limit, so hostile model output never hangs a scoring worker). A response is corr
 
 Rewards (``--reward``): ``r1v_acc`` (P1: math-verify on the completion, fallback exact match of the ``<answer>``
 content; the default), ``math_acc_format`` (P3/P4: math equivalence of the ``\\boxed{}`` answer), ``perception``
-(picks the verifier from ``extra_info.task_type``: ``bbox`` IoU, ``ocr`` similarity, ``count`` exact integer, else math).
+(verifier by ``extra_info.task_type``: ``bbox`` IoU, ``ocr`` similarity, ``count`` exact integer, else math).
 
 :func:`make_verifier` builds a verifier from a JSON-able spec: ``{"name": "reward", "reward": "r1v_acc", **settings}``,
 ``{"name": "scripted", ...}`` (:class:`verl_difficulty.scoring.scripted.ScriptedVerifier`) or

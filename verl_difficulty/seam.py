@@ -20,6 +20,8 @@ verl internals this depends on (check them on a verl upgrade; verl 0.9.1 line nu
 * ``trainer_base.py:1743-1802`` ``_compute_advantage(batch: KVBatchMeta, metrics)`` reading TransferQueue with
   ``tq.kv_batch_get(keys, partition_id, select_fields)``; non-GRPO estimators see the rows in ``batch.keys`` order
   (``trainer/ppo/v1/utils.py:167-176``).
+* ``verl/utils/dataset/rl_dataset.py`` ``get_dataset_class`` / ``data.custom_cls.{path,name}``: with hints on, the
+  datasets are built as :class:`verl_difficulty.hints` hint datasets (an ``RLHFDataset`` subclass).
 * Per-trajectory TransferQueue fields written by the agent loop (``trainer/ppo/v1/agent_loop_tq.py:182-227``):
   dataset columns (``extra_info``, ``data_source``), ``extra_fields["reward_extra_info"]``, ``rm_scores``.
 """

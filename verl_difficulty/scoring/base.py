@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Optional, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -222,10 +222,15 @@ class Scorer(abc.ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     requires_image: ClassVar[bool] = False
+    params_cls: ClassVar[type]
+    """The scorer's parameter dataclass; ``Scorer(**params)`` builds it (validation in its ``__post_init__``)."""
 
-    @abc.abstractmethod
+    def __init__(self, **params):
+        self.p = self.params_cls(**params)
+
     def params(self) -> dict:
         """JSON-able parameters."""
+        return asdict(self.p)
 
     @abc.abstractmethod
     def fields(self) -> list[tuple[str, Any]]:

@@ -13,7 +13,7 @@ Writes :data:`~verl_difficulty.schema.CDE_ACC_IMG`, :data:`~verl_difficulty.sche
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 from verl_difficulty.schema import CDE_ACC_IMG, CDE_ACC_TXT, CDE_D, CDE_ROLLOUTS
@@ -50,11 +50,7 @@ class CdeScorer(Scorer):
     version = "1"
     requires_image = True
 
-    def __init__(self, **params):
-        self.p = CdeParams(**params)
-
-    def params(self) -> dict:
-        return asdict(self.p)
+    params_cls = CdeParams
 
     def fields(self):
         import pyarrow as pa

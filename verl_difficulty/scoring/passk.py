@@ -11,7 +11,7 @@ Writes :data:`~verl_difficulty.schema.PASS_RATE`, :data:`~verl_difficulty.schema
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 from verl_difficulty.schema import NUM_CORRECT, PASS_K, PASS_RATE
@@ -48,11 +48,7 @@ class PassKScorer(Scorer):
     version = "1"
     requires_image = False
 
-    def __init__(self, **params):
-        self.p = PassKParams(**params)
-
-    def params(self) -> dict:
-        return asdict(self.p)
+    params_cls = PassKParams
 
     def fields(self):
         import pyarrow as pa

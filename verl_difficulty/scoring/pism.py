@@ -310,8 +310,7 @@ class PismScorer(Scorer):
     version = "1"
     requires_image = True
 
-    def __init__(self, **params):
-        self.p = PismParams(**params)
+    params_cls = PismParams
 
     def params(self) -> dict:
         d = asdict(self.p)

@@ -369,7 +369,6 @@ def test_agent_loop_shaped_input(tokenizer_dir, tokenizer):
 # ====================================================================================================================
 # verl's RewardLoopManager with RewardLoopWorker Ray actors (what the trainer builds)
 # ====================================================================================================================
-@pytest.mark.skipif(os.environ.get("VERL_DIFFICULTY_SKIP_RAY") == "1", reason="VERL_DIFFICULTY_SKIP_RAY=1")
 def test_reward_loop_manager_with_ray_actors(tokenizer_dir, tokenizer):
     ray = pytest.importorskip("ray")
     from verl.experimental.reward_loop import RewardLoopManager

@@ -259,8 +259,14 @@ def make_replica_class():
     return TransformersReplica
 
 
+_REPLICA_CLASS = None
+
+
 def _load_replica():
-    return make_replica_class()
+    global _REPLICA_CLASS
+    if _REPLICA_CLASS is None:
+        _REPLICA_CLASS = make_replica_class()
+    return _REPLICA_CLASS
 
 
 def _adapter_base():

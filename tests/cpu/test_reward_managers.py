@@ -7,7 +7,6 @@ by verl's own ``hf_tokenizer`` inside ``RewardLoopWorker``.
 from __future__ import annotations
 
 import asyncio
-import os
 
 import numpy as np
 import pytest

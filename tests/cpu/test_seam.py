@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tensordict import TensorDict
 
 import verl  # noqa: F401  (loads the plugin)
 from verl_difficulty import schema

@@ -39,6 +39,14 @@ FALLBACKS = ("nearest", "random")
 _PHASE_KEYS = ("start_step", "mix", "target", "band")
 
 
+def reject_unknown_keys(cls, d: dict, where: str) -> None:
+    """A clear error naming ``where`` for keys of ``d`` that are not fields of dataclass ``cls``."""
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown settings {unknown}; known: {known}")
+
+
 def _config_from_dict(cls, d: Optional[dict], where: str):
     """Build dataclass ``cls`` from a dict; unknown keys are a clear error naming ``where``."""
     if d is None:
@@ -47,10 +55,7 @@ def _config_from_dict(cls, d: Optional[dict], where: str):
         return d
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(d).__name__} ({d!r})")
-    known = [f.name for f in fields(cls)]
-    unknown = sorted(set(d) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown settings {unknown}; known: {known}")
+    reject_unknown_keys(cls, d, where)
     obj = cls(**d)
     obj.validate(where)
     return obj

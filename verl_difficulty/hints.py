@@ -37,12 +37,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 
 from verl_difficulty import schema
+from verl_difficulty.curriculum import reject_unknown_keys
 
 logger = logging.getLogger(__name__)
 
@@ -108,10 +109,7 @@ class HintConfig:
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "HintConfig":
         d = dict(d or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"difficulty.hints: unknown settings {unknown}; known: {known}")
+        reject_unknown_keys(cls, d, "difficulty.hints")
         return cls(**d).validate()
 
     def validate(self) -> "HintConfig":

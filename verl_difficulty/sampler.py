@@ -47,14 +47,22 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
 from verl_difficulty import schema
-from verl_difficulty.curriculum import BandConfig, Curriculum, ScheduleConfig, Setting, _integer, _number
+from verl_difficulty.curriculum import (
+    BandConfig,
+    Curriculum,
+    ScheduleConfig,
+    Setting,
+    _integer,
+    _number,
+    reject_unknown_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +176,7 @@ class SamplerConfig:
     @classmethod
     def from_dict(cls, d: Optional[dict]) -> "SamplerConfig":
         d = dict(d or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"difficulty.sampler: unknown settings {unknown}; known: {known}")
+        reject_unknown_keys(cls, d, "difficulty.sampler")
         d["band"] = BandConfig.from_dict(d.get("band"))
         d["schedule"] = ScheduleConfig.from_dict(d.get("schedule"))
         cfg = cls(**d)

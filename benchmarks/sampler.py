@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from verl_difficulty import schema
-from verl_difficulty.sampler import DifficultySampler, SamplerConfig
+from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
 
 MODES = {
     "uniform": {"mode": "uniform"},

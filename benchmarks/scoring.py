@@ -25,7 +25,7 @@ from verl_difficulty.scoring.base import ScoringContext  # noqa: E402
 from verl_difficulty.scoring.passk import PassKScorer  # noqa: E402
 from verl_difficulty.scoring.rows import prepare_row  # noqa: E402
 from verl_difficulty.scoring.scripted import ScriptedVerifier  # noqa: E402
-from verl_difficulty.tiny import build_tiny_model_dir  # noqa: E402
+from verl_difficulty.models.tiny import build_tiny_model_dir  # noqa: E402
 
 
 def main() -> int:

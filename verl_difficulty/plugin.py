@@ -115,7 +115,7 @@ def _rewards():
 
 
 def _trainer():
-    from verl_difficulty.seam import register_trainer_mode
+    from verl_difficulty.seam.trainer import register_trainer_mode
 
     register_trainer_mode()
 

@@ -23,7 +23,7 @@ def _build_vllm_tiny(path: str) -> str:
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    from verl_difficulty.tiny import IM_END, PAD_TOKEN, SPECIAL_TOKENS, build_tiny_processor, build_tiny_tokenizer
+    from verl_difficulty.models.tiny import IM_END, PAD_TOKEN, SPECIAL_TOKENS, build_tiny_processor, build_tiny_tokenizer
 
     if os.path.exists(os.path.join(path, "config.json")):
         return path

@@ -24,7 +24,7 @@ from typing import Any, Optional
 import ray
 import torch
 
-from verl_difficulty.generation import GenRequest, HFGenerator, SamplingConfig, load_generation_model
+from verl_difficulty.models.generation import GenRequest, HFGenerator, SamplingConfig, load_generation_model
 
 logger = logging.getLogger(__name__)
 

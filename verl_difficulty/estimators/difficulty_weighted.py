@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from verl_difficulty.seam_context import SEAM_HELP, with_seam_inputs
+from verl_difficulty.seam.inputs import SEAM_HELP, with_seam_inputs
 
 from verl_difficulty.estimators.config import DifficultyWeightingConfig
 from verl_difficulty.estimators.metrics import metric_name, record

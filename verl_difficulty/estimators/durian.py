@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from verl_difficulty.seam_context import SEAM_HELP, with_seam_inputs
+from verl_difficulty.seam.inputs import SEAM_HELP, with_seam_inputs
 
 from verl_difficulty.estimators.config import DurianConfig
 from verl_difficulty.estimators.difficulty_weighted import (

@@ -1,7 +1,7 @@
 """Generation backends of the offline scorers behind one interface, :class:`~.base.GenerationBackend`.
 
 * :class:`TransformersBackend` (CPU or GPU): the plugin's batched, left-padded transformers generation
-  (:class:`verl_difficulty.generation.HFGenerator`), images through the model's processor, one seeded
+  (:class:`verl_difficulty.models.generation.HFGenerator`), images through the model's processor, one seeded
   ``torch.Generator`` per request (a row's sample does not depend on the other rows of its batch).
 * :class:`VLLMBackend` (GPU, optional extra ``verl-difficulty[gpu]``): ``vllm.LLM.generate`` with the chat-template
   text and ``multi_modal_data`` images, one ``SamplingParams(seed=...)`` per request. Import-guarded: importing this
@@ -65,7 +65,7 @@ class TransformersBackend:
                  num_threads: Optional[int] = None):
         import torch
 
-        from verl_difficulty.generation import HFGenerator, load_generation_model
+        from verl_difficulty.models.generation import HFGenerator, load_generation_model
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -96,7 +96,7 @@ class TransformersBackend:
         return Prompt(text=text, prompt_ids=list(ids), num_images=len(images or []))
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
-        from verl_difficulty.generation import GenRequest, SamplingConfig
+        from verl_difficulty.models.generation import GenRequest, SamplingConfig
 
         cfg = SamplingConfig(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
                              top_k=int(sampling.top_k), max_new_tokens=int(sampling.max_tokens))

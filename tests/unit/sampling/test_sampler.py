@@ -13,11 +13,11 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from verl_difficulty import schema
-from verl_difficulty.curriculum import BandConfig, ScheduleConfig
-from verl_difficulty.sampler import DifficultySampler, SamplerConfig, check_dataloader_workers, read_row_fields
+from verl_difficulty.sampling.curriculum import BandConfig, ScheduleConfig
+from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig, check_dataloader_workers, read_row_fields
 
 BUCKETS = list(schema.BUCKETS)
-YAML = Path(__file__).resolve().parents[2] / "verl_difficulty" / "config" / "difficulty.yaml"
+YAML = Path(__file__).resolve().parents[3] / "verl_difficulty" / "config" / "difficulty.yaml"
 
 
 def _sampler(n=10, priors=None, batch_size=1, buckets=None, **cfg):
@@ -329,7 +329,7 @@ def test_band_pass_readmits_after_the_configured_steps():
 def test_band_pass_fallback_fills_batches_and_is_logged(caplog):
     priors = np.linspace(0.0, 0.1, 12)  # every prompt below the band
     s = _sampler(12, priors=priors, batch_size=4, prior_strength=1000.0, band={"enable": True, "low": 0.5, "high": 1})
-    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampler"):
+    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.sampler"):
         batch = _draw(s, 4)
     assert len(batch) == 4
     assert sorted(batch) == [8, 9, 10, 11]  # nearest to the band first
@@ -414,7 +414,7 @@ def test_bad_rows_can_be_skipped_and_counted(caplog):
     rows[5]["extra_info"]["difficulty_bucket"] = None
     cfg = SamplerConfig.from_dict({"enable": True, "mode": "stratified", "mix": {"medium": 1, "hard": 1},
                                    "on_bad_row": "skip"})
-    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampler"):
+    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.sampler"):
         s = DifficultySampler.from_dataset(_DS(_frame(rows)), cfg, batch_size=2)
     assert s.bad_rows == 2 and "dataset row 1" in caplog.text
     drawn = _draw(s, 40)
@@ -485,7 +485,7 @@ def test_bad_config_is_a_clear_error():
 def test_yaml_defaults_match_the_dataclasses():
     import yaml
 
-    from verl_difficulty.hints import HintConfig
+    from verl_difficulty.sampling.hints import HintConfig
 
     section = yaml.safe_load(YAML.read_text())
     assert SamplerConfig.from_dict(section["sampler"]) == SamplerConfig().validate()
@@ -502,7 +502,7 @@ def test_dataloader_workers_are_rejected_with_a_clear_message():
 
 
 def test_seam_config_reads_the_sampler_section():
-    from verl_difficulty.seam import SeamConfig
+    from verl_difficulty.seam.trainer import SeamConfig
 
     c = SeamConfig.from_config({"sampler": {"enable": True, "mode": "target", "band": {"enable": True}}})
     assert c.sampler.mode == "target" and c.sampler.band.enable
@@ -619,13 +619,13 @@ def test_checkpoint_of_verls_stock_sampler_starts_afresh_with_a_warning(caplog):
     s = _sampler(12, batch_size=4)
     loader = StatefulDataLoader(data, batch_size=4, sampler=s, num_workers=0, drop_last=True)
     loader.load_state_dict(state)
-    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampler"):
+    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.sampler"):
         batch = next(iter(loader)).tolist()
     assert "starts afresh" in caplog.text
     assert batch == list(np.random.default_rng([1, 1, 0, 0, 0]).permutation(12)[:4])
 
 
-RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "cpu_smoke"
+RECIPE_DIR = Path(__file__).resolve().parents[3] / "recipes" / "cpu_smoke"
 RECIPE_MODES = {
     "p1_medium_hard": ["difficulty.sampler.include_buckets=[medium,hard]"],
     "stratified": ["difficulty.sampler.mode=stratified", "difficulty.sampler.mix={easy:0.3,medium:0.5,hard:0.2}",
@@ -652,8 +652,8 @@ def test_every_mode_is_selectable_from_the_recipe():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from verl_difficulty.hints import HintConfig
-    from verl_difficulty.seam import SeamConfig
+    from verl_difficulty.sampling.hints import HintConfig
+    from verl_difficulty.seam.trainer import SeamConfig
 
     with initialize_config_dir(config_dir=str(RECIPE_DIR), version_base=None):
         for name, overrides in RECIPE_MODES.items():

@@ -7,8 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from verl_difficulty import schema
-from verl_difficulty.hints import DEFAULT_HINT, HintConfig, add_hint, configure_dataset_hints, install_hint_dataset
-from verl_difficulty.sampler import DifficultySampler, SamplerConfig
+from verl_difficulty.sampling.hints import DEFAULT_HINT, HintConfig, add_hint, configure_dataset_hints, install_hint_dataset
+from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
 
 SYSTEM = {"role": "system", "content": "You are careful."}
 USER = {"role": "user", "content": "<image>How many red shapes?"}
@@ -59,7 +59,7 @@ def assets(tmp_path_factory):
 
     from verl_difficulty.data.synthetic import write_dataset
     from verl_difficulty.data.true_buckets import add_true_buckets
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     work = tmp_path_factory.mktemp("hints")
     model = build_tiny_model_dir(str(work / "tiny"), seed=0)
@@ -78,7 +78,7 @@ def _dataset(assets, split="train"):
         "return_raw_chat": True, "cache_dir": str(work / "cache"), "custom_cls": {"path": None, "name": None},
     })
     install_hint_dataset(data)
-    assert data.custom_cls.path == "pkg://verl_difficulty.hints"
+    assert data.custom_cls.path == "pkg://verl_difficulty.sampling.hints"
     return create_rl_dataset(str(work / "data" / f"{split}.parquet"), data, tok, proc, is_train=split == "train")
 
 
@@ -144,7 +144,7 @@ def test_online_and_stage_selection_ask_the_sampler(assets):
 
 
 def test_a_foreign_dataset_class_is_a_clear_error():
-    with pytest.raises(TypeError, match="subclass verl_difficulty.hints.DifficultyHintDataset"):
+    with pytest.raises(TypeError, match="subclass verl_difficulty.sampling.hints.DifficultyHintDataset"):
         configure_dataset_hints(object(), _cfg(), "train")
     data = OmegaConf.create({"custom_cls": {"path": "pkg://my.data", "name": "Mine"}})
     install_hint_dataset(data)

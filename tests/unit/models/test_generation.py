@@ -6,14 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from verl_difficulty.generation import GenRequest, HFGenerator, SamplingConfig, load_generation_model
+from verl_difficulty.models.generation import GenRequest, HFGenerator, SamplingConfig, load_generation_model
 
 
 @pytest.fixture(scope="module")
 def gen(tmp_path_factory):
     from verl.utils import hf_processor, hf_tokenizer
 
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     path = build_tiny_model_dir(str(tmp_path_factory.mktemp("tiny") / "m"))
     tok, proc = hf_tokenizer(path), hf_processor(path)

@@ -36,7 +36,7 @@ from verl_difficulty.estimators.durian import (
 )
 from verl_difficulty.schema import ACC, EXTRA_INFO, METRIC_PREFIX, VISUAL_ENTROPY
 
-YAML_PATH = Path(__file__).resolve().parents[2] / "verl_difficulty" / "config" / "algorithm_difficulty.yaml"
+YAML_PATH = Path(__file__).resolve().parents[3] / "verl_difficulty" / "config" / "algorithm_difficulty.yaml"
 ATOL = 1e-5
 
 

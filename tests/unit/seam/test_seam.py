@@ -8,8 +8,8 @@ import torch
 
 import verl  # noqa: F401  (loads the plugin)
 from verl_difficulty import schema
-from verl_difficulty.seam import SeamConfig, per_sample_fields
-from verl_difficulty.seam_context import seam_inputs, with_seam_inputs
+from verl_difficulty.seam.trainer import SeamConfig, per_sample_fields
+from verl_difficulty.seam.inputs import seam_inputs, with_seam_inputs
 
 
 def _tq_like_batch():

@@ -228,7 +228,7 @@ def test_e2e_one_step_on_a_same_length_batch(tmp_path):
 
     from verl_difficulty.cli import SMOKE_RECIPE_DIR
     from verl_difficulty.data.synthetic import parquet_schema
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     model = build_tiny_model_dir(str(tmp_path / "tiny"))
     for split, start in (("train", 0), ("val", 8)):

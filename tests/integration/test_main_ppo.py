@@ -190,7 +190,7 @@ def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
     import numpy as np
     import torch
 
-    from verl_difficulty.sampler import DifficultySampler, SamplerConfig
+    from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
 
     records, wall, peak, out = _run(
         workdir, "run2", steps=3,

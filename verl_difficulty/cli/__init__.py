@@ -29,7 +29,7 @@ def _cmd_schema(args) -> int:
 
 
 def _cmd_tiny_model(args) -> int:
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     print(build_tiny_model_dir(args.out, seed=args.seed))
     return 0
@@ -69,8 +69,8 @@ def prepare_smoke(workdir: str, n_train: int = 64, n_val: int = 8, seed: int = 0
     import pyarrow.parquet as pq
 
     from verl_difficulty.data.synthetic import write_dataset
-    from verl_difficulty.tiny import build_tiny_model_dir
-    from verl_difficulty.warmup import warm_up
+    from verl_difficulty.models.tiny import build_tiny_model_dir
+    from verl_difficulty.models.warmup import warm_up
 
     work = Path(workdir)
     model_dir = build_tiny_model_dir(str(work / "tiny_qwen25vl"), seed=seed)

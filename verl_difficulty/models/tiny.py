@@ -227,7 +227,7 @@ def build_tiny_config(tokenizer: Any, dtype: str = "float32") -> Any:
 
 
 def _marker(seed: int, dtype: str) -> dict[str, Any]:
-    return {"builder": "verl_difficulty.tiny", "version": TINY_VERSION, "seed": int(seed), "dtype": str(dtype)}
+    return {"builder": "verl_difficulty.models.tiny", "version": TINY_VERSION, "seed": int(seed), "dtype": str(dtype)}
 
 
 def _write(path: str, seed: int, dtype: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from verl_difficulty.tiny import IMAGE_PAD, IM_END, MARKER_FILE, PAD_TOKEN, build_tiny_model_dir
+from verl_difficulty.models.tiny import IMAGE_PAD, IM_END, MARKER_FILE, PAD_TOKEN, build_tiny_model_dir
 
 BUILD_TIME: dict[str, float] = {}
 

@@ -59,7 +59,7 @@ def bad_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     return build_tiny_model_dir(str(tmp_path_factory.mktemp("tiny") / "m"))
 

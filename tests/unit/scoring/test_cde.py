@@ -84,7 +84,7 @@ def test_messages_match_verl_rlhf_dataset(rows):
 
 def test_transformers_backend_text_only_prompt_is_valid(tmp_path_factory, rows):
     from verl_difficulty.scoring.backends import TransformersBackend
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     path = build_tiny_model_dir(str(tmp_path_factory.mktemp("tiny") / "m"))
     be = TransformersBackend(path, device="cpu", num_threads=1)

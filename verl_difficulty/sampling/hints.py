@@ -43,7 +43,7 @@ from typing import Any, Optional
 import numpy as np
 
 from verl_difficulty import schema
-from verl_difficulty.curriculum import reject_unknown_keys
+from verl_difficulty.sampling.curriculum import reject_unknown_keys
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ DEFAULT_HINT = (
 POSITIONS = ("prefix", "suffix")
 ROLES = ("user", "system")
 SELECTORS = ("flag", "bucket", "online", "stage")
-HINT_DATASET_PATH = "pkg://verl_difficulty.hints"
+HINT_DATASET_PATH = "pkg://verl_difficulty.sampling.hints"
 HINT_DATASET_NAME = "DifficultyHintDataset"
 _PLACEHOLDERS = ("<image>", "<video>", "<audio>")
 
@@ -297,6 +297,6 @@ def configure_dataset_hints(dataset, cfg: HintConfig, split: str, sampler: Any =
     if not isinstance(dataset, _HintMixin):
         raise TypeError(
             f"difficulty.hints.enable=true but the {split} dataset is {type(dataset).__name__}: with your own "
-            f"data.custom_cls, subclass verl_difficulty.hints.{HINT_DATASET_NAME} (or unset data.custom_cls)"
+            f"data.custom_cls, subclass verl_difficulty.sampling.hints.{HINT_DATASET_NAME} (or unset data.custom_cls)"
         )
     dataset.configure_hints(cfg, split=split, sampler=sampler)

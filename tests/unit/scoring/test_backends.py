@@ -18,7 +18,7 @@ from verl_difficulty.scoring.scripted import ScriptedBackend, ScriptedVerifier
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory):
     from verl_difficulty.scoring.backends import TransformersBackend
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     path = build_tiny_model_dir(str(tmp_path_factory.mktemp("tiny") / "m"))
     return TransformersBackend(path, device="cpu", num_threads=1)

@@ -4,7 +4,7 @@ Select it with ``trainer.v1.trainer_mode=difficulty``. It is verl's synchronous 
 
 1. **Per-sample estimator inputs.** Before verl's advantage step it fetches, for the same TransferQueue keys,
    ``extra_info`` (with the stable prompt id ``extra_info.index``), ``data_source``, the reward's extra info (``acc``,
-   ``format``...) and ``old_log_probs``, and publishes them (:mod:`verl_difficulty.seam_context`) so the plugin's
+   ``format``...) and ``old_log_probs``, and publishes them (:mod:`verl_difficulty.seam.inputs`) so the plugin's
    estimators receive them as keyword arguments.
 2. **The plugin's sampler.** It rebuilds verl's ``StatefulDataLoader`` around :class:`DifficultySampler` and feeds
    it each step's outcomes (prompt id, correctness per response). The sampler's state rides in verl's ``data.pt``.
@@ -21,7 +21,7 @@ verl internals this depends on (check them on a verl upgrade; verl 0.9.1 line nu
   ``tq.kv_batch_get(keys, partition_id, select_fields)``; non-GRPO estimators see the rows in ``batch.keys`` order
   (``trainer/ppo/v1/utils.py:167-176``).
 * ``verl/utils/dataset/rl_dataset.py`` ``get_dataset_class`` / ``data.custom_cls.{path,name}``: with hints on, the
-  datasets are built as :class:`verl_difficulty.hints` hint datasets (an ``RLHFDataset`` subclass).
+  datasets are built as :class:`verl_difficulty.sampling.hints` hint datasets (an ``RLHFDataset`` subclass).
 * Per-trajectory TransferQueue fields written by the agent loop (``trainer/ppo/v1/agent_loop_tq.py:182-227``):
   dataset columns (``extra_info``, ``data_source``), ``extra_fields["reward_extra_info"]``, ``rm_scores``.
 """
@@ -37,8 +37,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_difficulty import schema
-from verl_difficulty.sampler import DifficultySampler, SamplerConfig
-from verl_difficulty.seam_context import seam_inputs
+from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
+from verl_difficulty.seam.inputs import seam_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def register_trainer_mode() -> None:
 
         # -------------------------------------------------------------- sampler
         def _init_dataloader(self):
-            from verl_difficulty.hints import HintConfig, configure_dataset_hints, install_hint_dataset
-            from verl_difficulty.sampler import check_dataloader_workers
+            from verl_difficulty.sampling.hints import HintConfig, configure_dataset_hints, install_hint_dataset
+            from verl_difficulty.sampling.sampler import check_dataloader_workers
 
             section = self.config.get("difficulty", None)
             hints_node = section.get("hints", None) if section is not None else None

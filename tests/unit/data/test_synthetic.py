@@ -260,7 +260,7 @@ def test_validate_row_reasons(rows):
 def tiny(tmp_path_factory):
     from verl.utils import hf_processor, hf_tokenizer
 
-    from verl_difficulty.tiny import build_tiny_model_dir
+    from verl_difficulty.models.tiny import build_tiny_model_dir
 
     path = build_tiny_model_dir(str(tmp_path_factory.mktemp("tiny") / "model"))
     return hf_tokenizer(path), hf_processor(path)

@@ -21,7 +21,7 @@ of step N and the update of step N comes before the draw of step N+1):
   prompt within an epoch unless ``replacement: true``; ``target_temperature > 0`` samples with weights
   ``exp(-|p - target| / T)`` (Gumbel top-k) instead of taking the nearest.
 
-**Schedules** (``difficulty.sampler.schedule``, :mod:`verl_difficulty.curriculum`): constant, linear, step-wise
+**Schedules** (``difficulty.sampler.schedule``, :mod:`verl_difficulty.sampling.curriculum`): constant, linear, step-wise
 phases, P2's two stages, adaptive target. The sampler knows the training step from the seam.
 
 **Online difficulty**: per stable prompt id (``extra_info.index``) a running estimate of the pass rate from each
@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from verl_difficulty import schema
-from verl_difficulty.curriculum import (
+from verl_difficulty.sampling.curriculum import (
     BandConfig,
     Curriculum,
     ScheduleConfig,
@@ -130,9 +130,9 @@ class SamplerConfig:
         ema_init (`float`, defaults to `0.5`):
             ``ema``: start value of prompts without an offline score. Ours.
         band (`BandConfig`):
-            Band-pass filter, see :class:`verl_difficulty.curriculum.BandConfig` (``difficulty.sampler.band.*``).
+            Band-pass filter, see :class:`verl_difficulty.sampling.curriculum.BandConfig` (``difficulty.sampler.band.*``).
         schedule (`ScheduleConfig`):
-            Curriculum schedule, see :class:`verl_difficulty.curriculum.ScheduleConfig`.
+            Curriculum schedule, see :class:`verl_difficulty.sampling.curriculum.ScheduleConfig`.
         on_bad_row (`str`, defaults to `"error"`):
             A row with a missing field the mode needs, an unknown bucket or a score outside [0, 1]: ``error`` stops
             at start-up naming the row and field (a data bug is cheapest to fix before training); ``skip`` leaves

@@ -100,11 +100,27 @@ SEAM_PROMPT_ID = "prompt_id"
 SEAM_OLD_LOG_PROBS = "old_log_probs"
 """(bs, response_length) tensor keyword: the rollout policy's log-probs, given to estimators by the seam."""
 
+CORRECT = "correct"
+"""float64 array in ``non_tensor_batch``: the seam's one verdict per response, 1.0 / 0.0, NaN for an empty response
+(left out of every pass rate). The reward's ``acc`` when it reports one, else ``reward >= difficulty.correct_threshold``
+(:func:`verl_difficulty.seam.inputs.response_verdicts`); the estimators and the sampler read this same value."""
+
 # --------------------------------------------------------------------------------------------------------------------
-# Metric namespaces in verl's tracker
+# Metric names in verl's tracker: every plugin metric is difficulty/<part>/<name>[/<detail>...]
 # --------------------------------------------------------------------------------------------------------------------
 METRIC_PREFIX = "difficulty/"
-CURRICULUM_PREFIX = "curriculum/"
+METRIC_PARTS = ("batch", "seam", "sampler", "curriculum", "hints", "weighting", "durian")
+"""The parts that report metrics: the seam's batch statistics and plumbing, the sampler and its curriculum, the P2
+hints, and the two estimators."""
+
+
+def metric(part: str, *names: str) -> str:
+    """The tracker key ``difficulty/<part>/<name>/...`` of a plugin metric (the only place metric names are built)."""
+    if part not in METRIC_PARTS:
+        raise ValueError(f"unknown metric part {part!r}; known: {METRIC_PARTS}")
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"metric {part!r}: expected non-empty name parts, got {names!r}")
+    return METRIC_PREFIX + "/".join((part,) + tuple(names))
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,38 @@ def current() -> Optional[SeamInputs]:
     return _CURRENT.get()
 
 
+DEFAULT_CORRECT_THRESHOLD = 0.5
+"""``difficulty.correct_threshold``'s default: separates 0/1 rewards and ``0.9 acc + 0.1 format`` rewards (ours)."""
+
+
+def response_verdicts(
+    scores: Any, acc: Any = None, lengths: Any = None, threshold: float = DEFAULT_CORRECT_THRESHOLD
+) -> np.ndarray:
+    """The one verdict per response that the seam hands the estimators and the sampler (``schema.CORRECT``).
+
+    Args:
+        scores: (bs,) scalar reward of each response (the sum of its token-level rewards).
+        acc: (bs,) the reward manager's ``acc`` (``reward_extra_info``), or None. Used when every value is finite.
+        lengths: (bs,) response lengths (valid tokens), or None. An empty response (length 0) gets NaN: it is left
+            out of every pass rate (estimator groups and sampler estimates alike).
+        threshold: ``reward >= threshold`` is correct when no ``acc`` is reported (``difficulty.correct_threshold``).
+
+    Returns:
+        float64 (bs,) array of 1.0 / 0.0 / NaN.
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    verdict = None
+    if acc is not None:
+        a = np.asarray(acc)
+        if a.dtype.kind in "fiub" and a.shape == scores.shape and np.isfinite(a.astype(np.float64)).all():
+            verdict = (a.astype(np.float64) > 0.5).astype(np.float64)
+    if verdict is None:
+        verdict = (scores >= float(threshold)).astype(np.float64)
+    if lengths is not None:
+        verdict[np.asarray(lengths).reshape(-1) <= 0] = np.nan
+    return verdict
+
+
 SEAM_HELP = (
     "run the v1 trainer with the plugin's trainer mode (trainer.use_v1=true trainer.v1.trainer_mode=difficulty); "
     "the legacy trainer (trainer.use_v1=false) and verl's stock trainer modes do not give estimators per-sample data"

@@ -10,7 +10,7 @@ mask ratio lambda p(lambda) = a * (1 - lambda)^k with k ~ U[0.5, 4]. Each sample
 * naive: K tries at each of the 10 ratios = 100 generations;
 * reference code: ratio 0 on every sample (stopping at the first success); samples that pass it are then tried at
   every other ratio independently, stopping within a ratio at the first success;
-* ours (:class:`verl_difficulty.scoring.pism.PismState`): ratios in ascending order, stop within a ratio at the
+* ours (:class:`verl_difficulty.scoring.scorers.pism.PismState`): ratios in ascending order, stop within a ratio at the
   first success, stop at lambda* (the first failing ratio).
 
 Targets (issue 6): ours <= 25% of naive and <= 50% of the reference procedure. Also printed: the ``scan_all`` variant
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verl_difficulty.scoring.pism import DEFAULT_RATIOS, PismParams, lambda_star, run_procedure  # noqa: E402
+from verl_difficulty.scoring.scorers.pism import DEFAULT_RATIOS, PismParams, lambda_star, run_procedure  # noqa: E402
 
 
 def simulate(n: int, seed: int, k: int, non_monotone: bool = False):

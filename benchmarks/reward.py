@@ -27,8 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from verl_difficulty.rewards.functions import resolve_settings, score_response  # noqa: E402
-from verl_difficulty.rewards.graders import SafeGrader  # noqa: E402
+from verl_difficulty.rewards.config import resolve_settings  # noqa: E402
+from verl_difficulty.rewards.functions import score_response  # noqa: E402
+from verl_difficulty.rewards.pool import SafeGrader  # noqa: E402
 from verl_difficulty.schema import ACC  # noqa: E402
 
 
@@ -140,7 +141,7 @@ def reward_loop_throughput(items, timeout_s: float) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    import verl_difficulty.rewards  # noqa: F401
+    import verl_difficulty.rewards.managers  # noqa: F401  (registers the managers)
     from verl import DataProto
     from verl.experimental.reward_loop import RewardLoopWorker
 

@@ -2,8 +2,8 @@
 
     python benchmarks/scoring.py [--rows 32] [--k 4] [--max-tokens 32] [--batch-sizes 1,8,32] [--threads 1]
 
-Runs the real scorer path (:class:`verl_difficulty.scoring.passk.PassKScorer` through
-:class:`verl_difficulty.scoring.base.ScoringContext` and :class:`verl_difficulty.scoring.backends.TransformersBackend`)
+Runs the real scorer path (:class:`verl_difficulty.scoring.scorers.passk.PassKScorer` through
+:class:`verl_difficulty.scoring.context.ScoringContext` and :class:`verl_difficulty.scoring.backends.TransformersBackend`)
 on synthetic image rows, k rollouts per row, with a scripted verifier (grading cost excluded) and reports rows/s and
 generations/s per batch size. Batch size 1 is "one sample at a time". It also checks that every batch size produced
 the same values (per-request seeds), so the speed-up costs no reproducibility.
@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from verl_difficulty.data.rows import prepare_row  # noqa: E402
 from verl_difficulty.data.synthetic import generate_rows  # noqa: E402
-from verl_difficulty.scoring.backends import TransformersBackend  # noqa: E402
-from verl_difficulty.scoring.base import ScoringContext  # noqa: E402
-from verl_difficulty.scoring.passk import PassKScorer  # noqa: E402
-from verl_difficulty.scoring.rows import prepare_row  # noqa: E402
-from verl_difficulty.scoring.scripted import ScriptedVerifier  # noqa: E402
 from verl_difficulty.models.tiny import build_tiny_model_dir  # noqa: E402
+from verl_difficulty.scoring.backends import TransformersBackend  # noqa: E402
+from verl_difficulty.scoring.context import ScoringContext  # noqa: E402
+from verl_difficulty.scoring.scorers.passk import PassKScorer  # noqa: E402
+from verl_difficulty.scoring.scripted import ScriptedVerifier  # noqa: E402
 
 
 def main() -> int:

@@ -111,7 +111,7 @@ def _estimators():
 
 
 def _rewards():
-    importlib.import_module("verl_difficulty.rewards")
+    importlib.import_module("verl_difficulty.rewards.managers")
 
 
 def _trainer():

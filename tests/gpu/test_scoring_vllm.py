@@ -70,19 +70,19 @@ def backend(model_dir):
 @pytest.fixture(scope="module")
 def rows():
     from verl_difficulty.data.synthetic import generate_rows
-    from verl_difficulty.scoring.rows import prepare_row
+    from verl_difficulty.data.rows import prepare_row
 
     return [prepare_row(r, i) for i, r in enumerate(generate_rows(8, seed=0))]
 
 
 def test_vllm_generates_with_images_and_text_only(backend, rows):
-    from verl_difficulty.scoring.base import GenerationRequest, SamplingParams
+    from verl_difficulty.models.generation import SamplingConfig
 
     reqs = []
     for r in rows[:4]:
-        reqs.append(GenerationRequest(backend.prepare(r.messages, r.images), r.images, 11 + r.row_id))
-        reqs.append(GenerationRequest(backend.prepare(r.text_messages, None), None, 1000 + r.row_id))
-    sp = SamplingParams(temperature=1.0, max_tokens=8)
+        reqs.append(backend.prepare(r.messages, r.images).request(r.images, 11 + r.row_id))
+        reqs.append(backend.prepare(r.text_messages, None).request(None, 1000 + r.row_id))
+    sp = SamplingConfig(temperature=1.0, max_new_tokens=8)
     out = backend.generate(reqs, sp)
     assert len(out) == len(reqs) and all(0 < g.num_tokens <= 8 for g in out)
     again = backend.generate(reqs, sp)
@@ -95,7 +95,7 @@ def test_vllm_generates_with_images_and_text_only(backend, rows):
 
 def test_engine_runs_all_scorers_with_vllm(model_dir, tmp_path):
     from verl_difficulty.data.synthetic import write_dataset
-    from verl_difficulty.scoring.engine import ScoreJob, run_scoring
+    from verl_difficulty.scoring import ScoreJob, run_scoring
 
     data = write_dataset(str(tmp_path / "data"), n_train=8, n_val=1, seed=0)["train"]
     job = ScoreJob(inputs=[data], output_dir=str(tmp_path / "out"), model_path=model_dir,
@@ -112,8 +112,8 @@ def test_engine_runs_all_scorers_with_vllm(model_dir, tmp_path):
 
 def test_transformers_backend_on_gpu_is_batch_independent(model_dir, rows):
     from verl_difficulty.scoring.backends import TransformersBackend
-    from verl_difficulty.scoring.base import ScoringContext
-    from verl_difficulty.scoring.passk import PassKScorer
+    from verl_difficulty.scoring.context import ScoringContext
+    from verl_difficulty.scoring.scorers.passk import PassKScorer
     from verl_difficulty.scoring.scripted import ScriptedVerifier
 
     be = TransformersBackend(model_dir, device="cuda", dtype="float32")

@@ -166,11 +166,6 @@ class TransformersServer:
         self._pending_weights = {}
         return n
 
-    def state_checksum(self) -> float:
-        """Sum of all parameters (tests compare it with the trainer's weights)."""
-        with torch.no_grad():
-            return float(sum(p.double().sum() for p in self.model.parameters()))
-
     # ------------------------------------------------------------------ lifecycle no-ops on CPU
     async def wake_up(self, tags: Optional[list[str]] = None):
         return None

@@ -14,7 +14,8 @@ Qwen2.5-VL processors keep the size and sequence lengths vary per row):
 A row's task and level come from :func:`assign` (exactly balanced over ``tasks x levels`` within each block of
 ``len(tasks) * levels`` consecutive indices, shuffled by the seed); its content comes from :func:`make_spec`, a pure
 function of ``(task, level, levels, seed, index)``, and :func:`render`. So every row can be regenerated and its
-answer re-checked from its ``extra_info`` alone. Field names come from :mod:`verl_difficulty.schema`.
+answer re-checked from its ``extra_info`` alone. Field names come from :mod:`verl_difficulty.schema` and
+:mod:`verl_difficulty.data.rows` (which also validates rows: ``validate_row`` is re-exported here).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from verl_difficulty.data.io import write_parquet
+from verl_difficulty.data.rows import ABILITY, GROUND_TRUTH, IMAGE_PLACEHOLDER, PROMPT, REWARD_MODEL, validate_row
 from verl_difficulty.schema import DATA_SOURCE, EXTRA_INFO, IMAGES, PROMPT_ID, TASK_TYPE, TRUE_LEVEL
 
 __all__ = [
@@ -51,11 +54,6 @@ __all__ = [
 DATA_SOURCE_NAME = "verl_difficulty/synthetic"
 """Value of the ``data_source`` column of every synthetic row."""
 TASKS: tuple[str, ...] = ("count", "color", "arith", "compare")
-IMAGE_PLACEHOLDER = "<image>"
-PROMPT = "prompt"
-ABILITY = "ability"
-REWARD_MODEL = "reward_model"
-GROUND_TRUTH = "ground_truth"
 
 DEFAULT_SYSTEM_PROMPT = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
@@ -410,14 +408,6 @@ def parquet_schema() -> Any:
     ])
 
 
-def _write_parquet(rows: list[dict[str, Any]], path: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.Table.from_pylist(rows, schema=parquet_schema())
-    pq.write_table(table, path, compression="snappy")
-
-
 def write_dataset(
     out_dir: str,
     n_train: int,
@@ -431,84 +421,12 @@ def write_dataset(
 
     Deterministic: the same arguments give byte-identical files. Returns ``{"train": path, "val": path}``.
     """
+    import pyarrow as pa
+
     os.makedirs(out_dir, exist_ok=True)
     paths = {"train": os.path.join(out_dir, "train.parquet"), "val": os.path.join(out_dir, "val.parquet")}
     splits = {"train": (n_train, 0), "val": (n_val, n_train)}
     for split, (n, start) in splits.items():
         rows = generate_rows(n, seed, levels, tasks, start_index=start, split=split, system_prompt=system_prompt)
-        _write_parquet(rows, paths[split])
+        write_parquet(paths[split], pa.Table.from_pylist(rows, schema=parquet_schema()))
     return paths
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _as_list(value: Any) -> list[Any]:
-    """A list from a list, tuple or numpy array (pandas gives arrays for list columns); [] for None."""
-    if value is None:
-        return []
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return list(value)
-
-
-def _count_placeholders(prompt: Any) -> int:
-    count = 0
-    for message in _as_list(prompt):
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            count += content.count(IMAGE_PLACEHOLDER)
-        else:  # already structured content parts
-            count += sum(1 for part in _as_list(content) if isinstance(part, dict) and part.get("type") == "image")
-    return count
-
-
-def _check_image(image: Any) -> None:
-    """Raise if ``image`` (PIL image, ``{"bytes","path"}`` dict or path) cannot be decoded."""
-    if isinstance(image, Image.Image):
-        image.load()
-        return
-    if isinstance(image, dict):
-        data, path = image.get("bytes"), image.get("path")
-        if data:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-            return
-        if path:
-            image = path
-        else:
-            raise ValueError("no bytes and no path")
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            im.load()
-        return
-    raise TypeError(f"unsupported image type {type(image).__name__}")
-
-
-def validate_row(row: dict[str, Any]) -> str | None:
-    """Why a row cannot be used (a short reason string), or None if it is fine.
-
-    Checks: ``extra_info.index`` present and an int; a non-empty ``reward_model.ground_truth``; as many ``<image>``
-    placeholders in the prompt as images; every image decodable.
-    """
-    extra = row.get(EXTRA_INFO)
-    if not isinstance(extra, dict) or extra.get(PROMPT_ID) is None:
-        return f"missing {EXTRA_INFO}.{PROMPT_ID}"
-    if not isinstance(extra[PROMPT_ID], (int, np.integer)) or isinstance(extra[PROMPT_ID], bool):
-        return f"{EXTRA_INFO}.{PROMPT_ID} is not an int: {extra[PROMPT_ID]!r}"
-    reward = row.get(REWARD_MODEL)
-    truth = reward.get(GROUND_TRUTH) if isinstance(reward, dict) else None
-    if truth is None or (isinstance(truth, str) and not truth.strip()):
-        return f"missing {REWARD_MODEL}.{GROUND_TRUTH}"
-    images = _as_list(row.get(IMAGES))
-    placeholders = _count_placeholders(row.get(PROMPT))
-    if placeholders != len(images):
-        return f"image/placeholder count mismatch: {len(images)} images, {placeholders} {IMAGE_PLACEHOLDER} placeholders"
-    for k, image in enumerate(images):
-        try:
-            _check_image(image)
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad row
-            return f"undecodable image {k}: {type(e).__name__}: {e}"
-    return None

@@ -23,6 +23,8 @@ def add_true_buckets(path: str, field: str = schema.DIFFICULTY_BUCKET) -> bool:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from verl_difficulty.data.io import set_struct_fields, write_parquet
+
     table = pq.read_table(path)
     ei = table.column(schema.EXTRA_INFO).combine_chunks()
     if ei.type.get_field_index(field) >= 0:
@@ -31,8 +33,7 @@ def add_true_buckets(path: str, field: str = schema.DIFFICULTY_BUCKET) -> bool:
         raise ValueError(f"{path}: no {schema.EXTRA_INFO}.{schema.TRUE_LEVEL} (not a synthetic dataset)")
     level = pc.struct_field(ei, schema.TRUE_LEVEL).to_numpy(zero_copy_only=False).astype(np.int64)
     names = np.array(schema.BUCKETS)[np.clip(level, 0, len(schema.BUCKETS) - 1)]
-    children = [ei.field(i) for i in range(ei.type.num_fields)] + [pa.array(names)]
-    struct = pa.StructArray.from_arrays(children, names=[f.name for f in ei.type] + [field])
+    struct = set_struct_fields(ei, {field: pa.array(names)})
     table = table.set_column(table.schema.get_field_index(schema.EXTRA_INFO), schema.EXTRA_INFO, struct)
-    pq.write_table(table, path)
+    write_parquet(path, table)
     return True

@@ -1,11 +1,16 @@
-"""Configuration of the difficulty-aware advantage estimators.
+"""Configuration of the difficulty-aware advantage estimators (``algorithm.difficulty.{weighting,durian}``).
 
-Both estimators read their settings from verl's ``algorithm`` config, under ``algorithm.difficulty.weighting`` (P2,
-``difficulty_weighted``) and ``algorithm.difficulty.durian`` (P3, ``durian``). The defaults below are mirrored in
-``verl_difficulty/config/algorithm_difficulty.yaml``, which recipes mount under ``algorithm``; a single key can also
-be set on the command line, e.g. ``+algorithm.difficulty.durian.reason_groups=16``.
+Both estimators read their settings from verl's ``algorithm`` config: ``algorithm.difficulty.weighting`` (P2,
+``difficulty_weighted``) and ``algorithm.difficulty.durian`` (P3, ``durian``). The dataclasses below are declared
+with the plugin's one configuration mechanism (:mod:`verl_difficulty.config`): every field states its type, default,
+bounds and where the default comes from (``source``: the paper's value, one of its ablation rows, verl's, or "ours"
+where the paper gives none). ``verl_difficulty/config/algorithm_difficulty.yaml`` ships the same defaults (a test
+holds them equal, keys and values) and is mounted under ``algorithm`` by recipes; a single key can be set on the
+command line, e.g. ``algorithm.difficulty.durian.reason_groups=16``.
 
-Each field says where its default comes from: the paper's value, or "UNSPECIFIED in the paper; ours".
+Which responses count as correct is not an estimator setting: the trainer seam makes one verdict per response
+(``schema.CORRECT``, threshold ``difficulty.correct_threshold``) for the estimators and the sampler alike.
+
 Papers: P2 = "Unlocking the Potential of Difficulty Prior in RL-based Multimodal Reasoning" (arXiv 2505.13261),
 online advantage differentiation; P3 = Durian, "Enhancing Multi-Modal LLMs Reasoning via Difficulty-Aware Group
 Normalization" (arXiv 2602.21743). Both are summarised in the project's PAPERS.md.
@@ -15,94 +20,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Optional
+
+import numpy as np
+
+from verl_difficulty.config import ConfigError, parse, setting, to_plain
 
 __all__ = [
     "WEIGHT_FAMILIES",
-    "CORRECTNESS_SOURCES",
     "MISSING_ENTROPY_POLICIES",
+    "MAX_EXP_BETA",
+    "SECTION",
     "DifficultyWeightingConfig",
     "DurianConfig",
-    "read_difficulty_section",
+    "AlgorithmDifficultyConfig",
 ]
 
+SECTION = "algorithm.difficulty"
 WEIGHT_FAMILIES = ("steep_exp", "exponential", "linear", "constant")
-CORRECTNESS_SOURCES = ("auto", "acc", "reward")
 MISSING_ENTROPY_POLICIES = ("error", "warn")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------------------------------------------------------
-def _to_plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python containers; anything else unchanged."""
-    try:  # omegaconf is a verl dependency, but keep this module importable without it
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
-
-
-def read_difficulty_section(config: Any, name: str) -> dict:
-    """``config.get("difficulty", {}).get(name, {})`` as a plain dict.
-
-    Args:
-        config: verl's ``algorithm`` config (an OmegaConf ``DictConfig``, verl's ``AlgoConfig`` or any mapping with
-            ``.get``), a plain dict, or ``None``.
-        name: ``"weighting"`` or ``"durian"``.
-    """
-    if config is None:
-        return {}
-    if not hasattr(config, "get"):
-        raise TypeError(f"algorithm config must be a mapping (DictConfig, dict) or None, got {type(config).__name__}")
-    section = config.get("difficulty", None)
-    if section is None:
-        return {}
-    section = _to_plain(section)
-    if not isinstance(section, Mapping):
-        raise TypeError(f"algorithm.difficulty must be a mapping, got {type(section).__name__}: {section!r}")
-    sub = section.get(name, None)
-    if sub is None:
-        return {}
-    sub = _to_plain(sub)
-    if not isinstance(sub, Mapping):
-        raise TypeError(f"algorithm.difficulty.{name} must be a mapping, got {type(sub).__name__}: {sub!r}")
-    return dict(sub)
-
-
-def _build(cls, values: Mapping, where: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
-    return cls(**values)
-
-
-def _check_number(where: str, name: str, value: Any, *, low: Optional[float] = None, low_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}.{name} must be a number, got {type(value).__name__}: {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{where}.{name} must be finite, got {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        raise ValueError(f"{where}.{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
-    return value
-
-
-def _check_bool(where: str, name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{where}.{name} must be true or false, got {type(value).__name__}: {value!r}")
-    return value
-
-
-def _check_choice(where: str, name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{where}.{name} must be one of {list(choices)}, got {value!r}")
-    return value
+MAX_EXP_BETA = math.floor(math.log(float(np.finfo(np.float32).max)) * 100) / 100
+"""88.72: the largest ``beta`` (2 decimals) whose ``exp(beta)``, the largest exponential weight, is finite in float32."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -113,7 +52,8 @@ class DifficultyWeightingConfig:
     r"""Settings of the ``difficulty_weighted`` estimator (P2, arXiv 2505.13261, online advantage differentiation).
 
     ``A_{s,i} = w(p_s) * (r_{s,i} - mean_i r_{s,i})`` (optionally ``/ (std_s + epsilon)``), where ``p_s`` is the
-    fraction of correct responses in prompt ``s``'s group and ``w`` is decreasing in ``p``.
+    pass rate of prompt ``s`` (mean of the seam's per-response verdicts ``correct``, empty responses left out) and
+    ``w`` is decreasing in ``p``.
 
     Parameters:
         weight (`str`, *optional*, defaults to `"steep_exp"`):
@@ -127,7 +67,8 @@ class DifficultyWeightingConfig:
         beta (`float`, *optional*, defaults to `2.0`):
             Steepness of the non-constant families. UNSPECIFIED in the paper; ours. With ``beta = 2`` every family
             gives ``w(1) = 1`` on the easiest prompts and the exponential ones ``w(0) = e^2 ~ 7.4``; ``steep_exp``
-            gives 1.03 / 1.65 / 3.08 / 4.62 at p = 7/8, 1/2, 1/4, 1/8. Must be >= 0 (``beta = 0`` is constant).
+            gives 1.03 / 1.65 / 3.08 / 4.62 at p = 7/8, 1/2, 1/4, 1/8. Must be >= 0 (``beta = 0`` is constant);
+            with ``exponential`` / ``steep_exp`` at most 88.72, so that ``exp(beta)`` is finite in float32.
         steep_power (`float`, *optional*, defaults to `2.0`):
             Exponent ``k`` of ``x`` in ``steep_exp``. UNSPECIFIED in the paper; ours. ``k = 2`` keeps the weight
             near 1 for easy-to-moderate prompts and makes it rise steepest for the hardest ones
@@ -141,39 +82,45 @@ class DifficultyWeightingConfig:
             normalisation by the weight, so off by default (paper).
         epsilon (`float`, *optional*, defaults to `1e-6`):
             Added to the std when ``keep_std`` is on; verl's GRPO value. Must be > 0.
-        correctness (`str`, *optional*, defaults to `"auto"`):
-            Where per-response correctness comes from. ``"acc"``: the reward manager's ``acc`` column in
-            ``non_tensor_batch`` (error if absent); ``"reward"``: ``reward >= correct_threshold``; ``"auto"``:
-            ``acc`` when present, else the threshold. The paper's default is a reward threshold.
-        correct_threshold (`float`, *optional*, defaults to `0.5`):
-            A response counts as correct when its scalar reward (sum of token-level rewards) is ``>=`` this value.
-            UNSPECIFIED in the paper; ours: 0.5 separates 0/1 rewards and ``0.9 acc + 0.1 format`` rewards.
     """
 
-    weight: str = field(default="steep_exp", metadata={"help": "steep_exp | exponential | linear | constant."})
-    beta: float = field(default=2.0, metadata={"help": "Steepness of w; UNSPECIFIED in the paper; ours."})
-    steep_power: float = field(default=2.0, metadata={"help": "Exponent k of (1-p) in steep_exp; ours."})
-    renormalize: bool = field(default=False, metadata={"help": "Rescale weights to batch mean 1 over prompts; ours."})
-    keep_std: bool = field(default=False, metadata={"help": "Also divide by GRPO's group std + epsilon."})
-    epsilon: float = field(default=1e-6, metadata={"help": "Std epsilon when keep_std is on (verl's GRPO value)."})
-    correctness: str = field(default="auto", metadata={"help": "Correctness source: auto, acc, reward."})
-    correct_threshold: float = field(default=0.5, metadata={"help": "reward >= threshold counts as correct; ours."})
+    weight: str = setting(
+        "steep_exp",
+        choices=WEIGHT_FAMILIES,
+        source="P2 (steep exponential; the formula is ours)",
+        help="weight family w(p), x = 1 - p: steep_exp exp(beta x^k), exponential exp(beta x), linear 1 + beta x, "
+        "constant 1",
+    )
+    beta: float = setting(
+        2.0,
+        ge=0.0,
+        source="ours (UNSPECIFIED in P2)",
+        help="steepness of w; 0 makes every family constant; exponential families need beta <= 88.72 (float32)",
+    )
+    steep_power: float = setting(
+        2.0, gt=0.0, source="ours (UNSPECIFIED in P2)", help="exponent k of x = 1 - p in steep_exp; 1 = exponential"
+    )
+    renormalize: bool = setting(
+        False, source="ours (P2 mentions none)", help="divide the weights by their batch mean over prompts"
+    )
+    keep_std: bool = setting(
+        False, source="P2 (the weight replaces GRPO's std)", help="also divide by GRPO's group std + epsilon"
+    )
+    epsilon: float = setting(1e-6, gt=0.0, source="verl (GRPO's epsilon)", help="added to the std when keep_std")
 
-    def __post_init__(self) -> None:
-        where = "algorithm.difficulty.weighting"
-        self.weight = _check_choice(where, "weight", self.weight, WEIGHT_FAMILIES)
-        self.beta = _check_number(where, "beta", self.beta, low=0.0)
-        self.steep_power = _check_number(where, "steep_power", self.steep_power, low=0.0, low_open=True)
-        self.renormalize = _check_bool(where, "renormalize", self.renormalize)
-        self.keep_std = _check_bool(where, "keep_std", self.keep_std)
-        self.epsilon = _check_number(where, "epsilon", self.epsilon, low=0.0, low_open=True)
-        self.correctness = _check_choice(where, "correctness", self.correctness, CORRECTNESS_SOURCES)
-        self.correct_threshold = _check_number(where, "correct_threshold", self.correct_threshold)
+    def check(self, where: str) -> None:
+        """Cross-field checks (called by :func:`verl_difficulty.config.parse`)."""
+        if self.weight in ("exponential", "steep_exp") and self.beta > MAX_EXP_BETA:
+            raise ConfigError(
+                f"{where}.beta: {self.beta!r} overflows float32 with weight={self.weight} (the hardest prompts get "
+                f"w = exp(beta) = inf); use beta <= {MAX_EXP_BETA}, or weight=linear for a larger range"
+            )
 
     @classmethod
     def from_algorithm_config(cls, config: Any) -> "DifficultyWeightingConfig":
-        """Read ``config.difficulty.weighting`` (``config``: verl's algorithm DictConfig, a dict, or None)."""
-        return _build(cls, read_difficulty_section(config, "weighting"), "algorithm.difficulty.weighting")
+        """Read ``algorithm.difficulty.weighting`` (``config``: verl's algorithm DictConfig / AlgoConfig, a dict, or
+        None); errors name the full dotted key."""
+        return AlgorithmDifficultyConfig.from_algorithm_config(config).weighting
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -218,47 +165,97 @@ class DurianConfig:
             weights are not renormalised). Ours.
     """
 
-    alpha_ori: float = field(default=0.4, metadata={"help": "Weight of A_grpo; (0.4,0.3,0.3) is a paper ablation row."})
-    alpha_percep: float = field(default=0.3, metadata={"help": "Weight of the perceptual branch; 0 = off."})
-    alpha_reason: float = field(default=0.3, metadata={"help": "Weight of the reasoning branch; 0 = off."})
-    percep_quantiles: tuple = field(default=(0.25, 0.75), metadata={"help": "Batch quantiles of H (paper)."})
-    percep_edges: Optional[tuple] = field(default=None, metadata={"help": "Fixed dataset-level H edges [e1, e2]."})
-    reason_groups: int = field(default=12, metadata={"help": "b confidence groups; ours (paper: 12-16)."})
-    sum_prob: bool = field(default=False, metadata={"help": "Confidence = sum of token probs (Eq. 14)."})
-    epsilon: float = field(default=1e-6, metadata={"help": "Std epsilon (verl's GRPO value)."})
-    on_missing_entropy: str = field(default="error", metadata={"help": "error | warn (drop the branch); ours."})
+    alpha_ori: float = setting(
+        0.4, ge=0.0, source="P3 ablation row (0.4, 0.3, 0.3)", help="weight of the plain GRPO advantage A_grpo"
+    )
+    alpha_percep: float = setting(
+        0.3,
+        ge=0.0,
+        source="P3 ablation row (0.4, 0.3, 0.3)",
+        help="weight of the perceptual branch (visual-entropy groups); 0 = off, no visual_entropy needed",
+    )
+    alpha_reason: float = setting(
+        0.3,
+        ge=0.0,
+        source="P3 ablation row (0.4, 0.3, 0.3)",
+        help="weight of the reasoning branch (confidence groups); 0 = off, no old_log_probs needed",
+    )
+    percep_quantiles: tuple[float, float] = setting(
+        default_factory=lambda: (0.25, 0.75),
+        gt=0.0,
+        lt=1.0,
+        source="P3 (25th / 75th percentile)",
+        help="batch quantiles [q1, q2] of the prompts' visual entropy that split the 3 perceptual groups; q1 < q2",
+    )
+    percep_edges: Optional[tuple[float, float]] = setting(
+        None,
+        source="ours (P3's dataset-level option)",
+        help="fixed entropy edges [e1, e2] (e1 <= e2) used instead of the batch quantiles; null = batch quantiles",
+    )
+    reason_groups: int = setting(
+        12,
+        ge=1,
+        source="ours (UNSPECIFIED in P3; its sweep plateaus at 12-16)",
+        help="number b of equal-frequency confidence groups of the batch's prompts",
+    )
+    sum_prob: bool = setting(
+        False,
+        source="ours (true = P3 Eq. 14 literally)",
+        help="confidence = sum of token probabilities (Eq. 14) instead of the mean token log-probability",
+    )
+    epsilon: float = setting(1e-6, gt=0.0, source="verl (GRPO's epsilon)", help="added to every std")
+    on_missing_entropy: str = setting(
+        "error",
+        choices=MISSING_ENTROPY_POLICIES,
+        source="ours",
+        help="alpha_percep > 0 without a finite visual_entropy: error, or warn once and drop the branch for the step",
+    )
 
-    def __post_init__(self) -> None:
-        where = "algorithm.difficulty.durian"
-        self.alpha_ori = _check_number(where, "alpha_ori", self.alpha_ori, low=0.0)
-        self.alpha_percep = _check_number(where, "alpha_percep", self.alpha_percep, low=0.0)
-        self.alpha_reason = _check_number(where, "alpha_reason", self.alpha_reason, low=0.0)
+    def check(self, where: str) -> None:
+        """Cross-field checks (called by :func:`verl_difficulty.config.parse`)."""
         if self.alpha_ori + self.alpha_percep + self.alpha_reason <= 0:
-            raise ValueError(f"{where}: alpha_ori, alpha_percep and alpha_reason are all 0; at least one must be > 0")
-        self.percep_quantiles = self._pair(where, "percep_quantiles", self.percep_quantiles)
+            raise ConfigError(
+                f"{where}: alpha_ori, alpha_percep and alpha_reason are all 0; set at least one > 0 "
+                "(e.g. alpha_ori=1 for plain GRPO)"
+            )
         q1, q2 = self.percep_quantiles
-        if not (0.0 < q1 < q2 < 1.0):
-            raise ValueError(f"{where}.percep_quantiles must satisfy 0 < q1 < q2 < 1, got {[q1, q2]}")
-        if self.percep_edges is not None:
-            self.percep_edges = self._pair(where, "percep_edges", self.percep_edges)
-            if self.percep_edges[0] > self.percep_edges[1]:
-                raise ValueError(f"{where}.percep_edges must satisfy e1 <= e2, got {list(self.percep_edges)}")
-        if isinstance(self.reason_groups, bool) or not isinstance(self.reason_groups, int) or self.reason_groups < 1:
-            raise ValueError(f"{where}.reason_groups must be an integer >= 1, got {self.reason_groups!r}")
-        self.sum_prob = _check_bool(where, "sum_prob", self.sum_prob)
-        self.epsilon = _check_number(where, "epsilon", self.epsilon, low=0.0, low_open=True)
-        self.on_missing_entropy = _check_choice(
-            where, "on_missing_entropy", self.on_missing_entropy, MISSING_ENTROPY_POLICIES
-        )
-
-    @staticmethod
-    def _pair(where: str, name: str, value: Any) -> tuple[float, float]:
-        value = _to_plain(value)
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-            raise ValueError(f"{where}.{name} must be a list of two numbers, got {value!r}")
-        return tuple(_check_number(where, f"{name}[{k}]", v) for k, v in enumerate(value))
+        if not q1 < q2:
+            raise ConfigError(f"{where}.percep_quantiles: must satisfy 0 < q1 < q2 < 1, got {[q1, q2]}")
+        if self.percep_edges is not None and self.percep_edges[0] > self.percep_edges[1]:
+            raise ConfigError(f"{where}.percep_edges: must satisfy e1 <= e2, got {list(self.percep_edges)}")
 
     @classmethod
     def from_algorithm_config(cls, config: Any) -> "DurianConfig":
-        """Read ``config.difficulty.durian`` (``config``: verl's algorithm DictConfig, a dict, or None)."""
-        return _build(cls, read_difficulty_section(config, "durian"), "algorithm.difficulty.durian")
+        """Read ``algorithm.difficulty.durian`` (``config``: verl's algorithm DictConfig / AlgoConfig, a dict, or
+        None); errors name the full dotted key."""
+        return AlgorithmDifficultyConfig.from_algorithm_config(config).durian
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the whole section
+# ----------------------------------------------------------------------------------------------------------------------
+@dataclass
+class AlgorithmDifficultyConfig:
+    """The ``algorithm.difficulty`` section (``config/algorithm_difficulty.yaml``): both estimators' settings.
+
+    Parameters:
+        weighting (`DifficultyWeightingConfig`): ``difficulty_weighted`` (P2).
+        durian (`DurianConfig`): ``durian`` (P3).
+    """
+
+    weighting: DifficultyWeightingConfig = setting(
+        default_factory=DifficultyWeightingConfig, source="P2", help="settings of the difficulty_weighted estimator"
+    )
+    durian: DurianConfig = setting(default_factory=DurianConfig, source="P3", help="settings of the durian estimator")
+
+    @classmethod
+    def from_algorithm_config(cls, config: Any) -> "AlgorithmDifficultyConfig":
+        """Parse ``config.difficulty`` (``config``: verl's ``algorithm`` DictConfig / AlgoConfig, a mapping, or None).
+
+        The whole section is checked, so a misspelt ``algorithm.difficulty.duran`` is an error too.
+        """
+        if config is None:
+            return cls()
+        if not (isinstance(config, Mapping) or callable(getattr(config, "get", None))):
+            raise ConfigError(f"algorithm: expected a mapping (verl's algorithm config), got {type(config).__name__}")
+        return parse(cls, to_plain(config.get("difficulty", None)), SECTION)

@@ -50,28 +50,31 @@ import numpy as np
 import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from verl_difficulty.seam.inputs import SEAM_HELP, with_seam_inputs
-
-from verl_difficulty.estimators.config import DurianConfig
-from verl_difficulty.estimators.difficulty_weighted import (
-    GroupMoments,
-    summary_stats,
+from verl_difficulty.estimators.common import (
     batch_group_metrics,
-    broadcast_to_tokens,
     check_finite,
-    float_mask,
-    group_ids_from_index,
-    group_moments,
-    output_dtype,
+    finish,
+    named_metrics,
+    read_batch,
     read_float_column,
-    row_dot,
-    to_floats,
+    summary_stats,
 )
-from verl_difficulty.estimators.metrics import metric_name, record
+from verl_difficulty.estimators.config import DurianConfig
+from verl_difficulty.estimators.groups import (
+    STAT_DTYPE,
+    GroupMoments,
+    dense_ids,
+    group_mean,
+    group_moments,
+    pooled_moments,
+    row_sums,
+)
 from verl_difficulty.schema import EXTRA_INFO, VISUAL_ENTROPY
+from verl_difficulty.seam.inputs import SEAM_HELP, with_seam_inputs
 
 __all__ = [
     "ESTIMATOR_NAME",
+    "METRIC_PART",
     "quantile_edges",
     "quantile_group_ids",
     "durian_advantage",
@@ -81,8 +84,7 @@ __all__ = [
 ]
 
 ESTIMATOR_NAME = "durian"
-METRIC_GROUP = "durian"
-_STAT_DTYPE = torch.float64
+METRIC_PART = "durian"
 _WARNED: dict[str, bool] = {"missing_entropy": False}
 
 _ENTROPY_HELP = (
@@ -172,15 +174,6 @@ def quantile_group_ids(
 # ======================================================================================================================
 # Durian core
 # ======================================================================================================================
-def _prompt_mean(values: torch.Tensor, gid: torch.Tensor, m: GroupMoments, valid: torch.Tensor) -> torch.Tensor:
-    """(bs,) per-response values -> (G,) mean over each group's non-empty responses (0 for absent groups).
-
-    P3 (arXiv 2602.21743): the prompt's H (visual entropy) and L (mean confidence of its rollouts).
-    """
-    vals = torch.where(valid, values, torch.zeros_like(values))
-    return torch.zeros_like(m.count).index_add(0, gid, vals) / m.count.clamp(min=1.0)
-
-
 def _branch(
     name: str,
     prompt_values: torch.Tensor,
@@ -191,30 +184,29 @@ def _branch(
     m: GroupMoments,
     valid: torch.Tensor,
     eps: float,
-    metrics: dict[str, torch.Tensor],
+    metrics: dict[str, Any],
 ) -> torch.Tensor:
     """One regrouped P3 branch (arXiv 2602.21743): quantile groups of the present prompts' (G,) values, pooled
     sigma_a over each group's rollouts, and ``A^X = (r - mu_s) / (sigma_a + eps)`` as (bs,). Adds its metrics."""
-    present = m.count > 0
-    num_groups = len(fractions) + 1
+    present = m.present
+    num_pools = len(fractions) + 1
     groups, used_edges = quantile_group_ids(prompt_values[present], fractions, edges)
-    grp = torch.zeros(m.count.numel(), dtype=torch.int64, device=r.device)
-    grp[present] = groups  # absent prompts have no valid rows: their group does not matter
-    resp_grp = grp[gid]
-    pool = group_moments(r, resp_grp, num_groups, valid)
-    adv = m.centred / (pool.std[resp_grp] + eps)
+    pool_of_prompt = torch.zeros(m.count.numel(), dtype=torch.int64, device=r.device)
+    pool_of_prompt[present] = groups  # absent prompts have no valid rows: their pool does not matter
+    pool, resp_pool = pooled_moments(r, gid, pool_of_prompt, num_pools, valid)
+    adv = m.centred / (pool.std[resp_pool] + eps)
 
-    n_prompts = torch.zeros(num_groups, dtype=_STAT_DTYPE, device=r.device)
-    n_prompts = n_prompts.index_add(0, groups, torch.ones_like(groups, dtype=_STAT_DTYPE))
-    nonempty = (pool.count > 0).tolist()
-    for j in range(num_groups):  # metric names only; the computation above is vectorised
-        metrics[f"{name}_prompts/g{j}"] = n_prompts[j]
+    # per-group metrics: three small host transfers, then plain floats (the computation above is vectorised)
+    n_prompts = torch.bincount(groups, minlength=num_pools).tolist()
+    stds, nonempty = pool.std.tolist(), pool.present.tolist()
+    for j in range(num_pools):
+        metrics[f"{name}_prompts/g{j}"] = float(n_prompts[j])
         if name == "percep" or nonempty[j]:
-            metrics[f"{name}_std/g{j}"] = pool.std[j]
+            metrics[f"{name}_std/g{j}"] = stds[j]
     if name == "percep" and (edges is not None or groups.numel() > 0):
-        for k in range(used_edges.numel()):
-            metrics[f"{name}_edge/{k}"] = used_edges[k]
-    metrics.update(summary_stats(f"{name}_std", pool.std[pool.count > 0]))
+        for k, e in enumerate(used_edges.tolist()):
+            metrics[f"{name}_edge/{k}"] = e
+    metrics.update(summary_stats(f"{name}_std", pool.std[pool.present]))
     return adv
 
 
@@ -257,20 +249,19 @@ def durian_advantage(
     out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
     dev = scores.device
     valid = torch.ones(bs, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
-    r = scores.to(_STAT_DTYPE)
-    _, gid = torch.unique(group_ids.to(dev), return_inverse=True)
-    num_groups = int(gid.max()) + 1 if bs else 0
+    r = scores.to(STAT_DTYPE)
+    gid, num_groups = dense_ids(group_ids.to(dev))
     m = group_moments(r, gid, num_groups, valid)
-    present = m.count > 0
+    present = m.present
     eps = cfg.epsilon
 
-    metrics: dict[str, torch.Tensor] = batch_group_metrics(m, valid)
-    adv = torch.zeros(bs, dtype=_STAT_DTYPE, device=dev)
+    metrics: dict[str, Any] = batch_group_metrics(m, valid)
+    adv = torch.zeros(bs, dtype=STAT_DTYPE, device=dev)
     if cfg.alpha_ori > 0:
         adv += cfg.alpha_ori * (m.centred / (m.std[gid] + eps))
 
     if cfg.alpha_percep > 0:
-        entropy = None if entropy is None else entropy.to(dev, _STAT_DTYPE)
+        entropy = None if entropy is None else entropy.to(dev, STAT_DTYPE)
         missing = int(valid.sum()) if entropy is None else int((valid & ~torch.isfinite(entropy)).sum())
         if missing:
             message = _missing_entropy_message(cfg.alpha_percep, missing, int(valid.sum()))
@@ -280,10 +271,10 @@ def durian_advantage(
                 _WARNED["missing_entropy"] = True
                 warnings.warn(message + ". Dropping the perceptual branch (warned once).", RuntimeWarning,
                               stacklevel=2)
-            metrics["percep_active"] = torch.tensor(0.0)
+            metrics["percep_active"] = 0.0
         else:
-            metrics["percep_active"] = torch.tensor(1.0)
-            h = _prompt_mean(entropy, gid, m, valid)
+            metrics["percep_active"] = 1.0
+            h = group_mean(entropy, gid, num_groups, valid, m.count)
             metrics.update(summary_stats("entropy", h[present]))
             adv += cfg.alpha_percep * _branch(
                 "percep", h, cfg.percep_quantiles, cfg.percep_edges, r, gid, m, valid, eps, metrics
@@ -295,15 +286,14 @@ def durian_advantage(
                 f"durian: alpha_reason={cfg.alpha_reason} needs per-response confidences (from old_log_probs); "
                 "set algorithm.difficulty.durian.alpha_reason=0 to run without them"
             )
-        conf = confidence.to(dev, _STAT_DTYPE)
+        conf = confidence.to(dev, STAT_DTYPE)
         check_finite(torch.where(valid, conf, torch.zeros_like(conf)), "confidence (mean old_log_prob)")
-        lval = _prompt_mean(conf, gid, m, valid)
+        lval = group_mean(conf, gid, num_groups, valid, m.count)
         metrics.update(summary_stats("confidence", lval[present]))
         fractions = [Fraction(k, cfg.reason_groups) for k in range(1, cfg.reason_groups)]
         adv += cfg.alpha_reason * _branch("reason", lval, fractions, None, r, gid, m, valid, eps, metrics)
 
-    metrics = {metric_name(METRIC_GROUP, k): v for k, v in metrics.items()}
-    return adv.to(out_dtype), to_floats(metrics)
+    return adv.to(out_dtype), named_metrics(METRIC_PART, metrics)
 
 
 # ======================================================================================================================
@@ -326,7 +316,9 @@ def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[n
     if len(extra) != bs:
         raise ValueError(f"non_tensor_batch[{EXTRA_INFO!r}] must have length {bs}, got {len(extra)}")
 
-    vals = [e.get(VISUAL_ENTROPY, None) if isinstance(e, Mapping) else None for e in extra]
+    key = VISUAL_ENTROPY
+    # the seam's rows are plain dicts: test the exact type first (an ABC isinstance check costs ~10x more per row)
+    vals = [e.get(key) if type(e) is dict else (e.get(key) if isinstance(e, Mapping) else None) for e in extra]
     try:  # None -> NaN
         return np.array(vals, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -334,26 +326,38 @@ def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[n
         raise ValueError(f"{EXTRA_INFO}[i][{VISUAL_ENTROPY!r}] must be a number, got {bad!r}") from exc
 
 
+def _confidence(lp_sum: torch.Tensor, lengths: torch.Tensor, sum_prob: bool) -> torch.Tensor:
+    """(bs,) masked log-prob sums (or probability sums), (bs,) lengths -> (bs,) float64 confidence; 0 on empty rows."""
+    total = lp_sum.to(STAT_DTYPE)
+    if sum_prob:
+        return total
+    lengths = lengths.to(STAT_DTYPE)
+    return torch.where(lengths > 0, total / lengths.clamp(min=1.0), torch.zeros_like(total))
+
+
 def response_confidence(
-    old_log_probs: torch.Tensor, mask_f: torch.Tensor, lengths: torch.Tensor, sum_prob: bool = False
+    old_log_probs: torch.Tensor,
+    response_mask: torch.Tensor,
+    lengths: Optional[torch.Tensor] = None,
+    sum_prob: bool = False,
 ) -> torch.Tensor:
     r"""Per-response confidence from the old policy's log-probs (P3 reasoning difficulty, arXiv 2602.21743, Eq. 14).
 
+    Only the response's own tokens (``mask != 0``) enter, by selection: a ``-inf`` or NaN log-prob at a masked
+    position (padding) does not change the row (see :func:`~verl_difficulty.estimators.groups.row_sums`).
+
     Args:
         old_log_probs: (bs, T) float.
-        mask_f: (bs, T) float 0/1 response mask.
-        lengths: (bs,) number of response tokens.
-        sum_prob: False: ``sum_t lp_t m_t / len`` (length-normalised sequence log-prob); True: ``sum_t exp(lp_t) m_t``
-            (the literal Eq. 14).
+        response_mask: (bs, T) 0/1 response mask, any dtype.
+        lengths: (bs,) number of response tokens; computed from the mask when None.
+        sum_prob: False: ``sum_{t in response} lp_t / len`` (length-normalised sequence log-prob); True:
+            ``sum_{t in response} exp(lp_t)`` (the literal Eq. 14).
     Returns:
         (bs,) float64; 0 on empty rows.
     """
-    lp = old_log_probs.to(mask_f.dtype)
-    if sum_prob:
-        return row_dot(torch.exp(lp), mask_f).to(_STAT_DTYPE)
-    total = row_dot(lp, mask_f).to(_STAT_DTYPE)
-    lengths = lengths.to(_STAT_DTYPE)
-    return torch.where(lengths > 0, total / lengths.clamp(min=1.0), torch.zeros_like(total))
+    dtype = response_mask.dtype if response_mask.is_floating_point() else torch.float32
+    sums = row_sums(response_mask, None, old_log_probs, exp_log_probs=sum_prob, dtype=dtype)
+    return _confidence(sums.log_prob_sum, sums.lengths if lengths is None else lengths, sum_prob)
 
 
 @register_adv_est(ESTIMATOR_NAME)
@@ -385,14 +389,8 @@ def compute_durian_advantage(
     cfg = DurianConfig.from_algorithm_config(config)
     with torch.no_grad():
         bs = token_level_rewards.shape[0]
-        if response_mask.shape != token_level_rewards.shape:
-            raise ValueError(f"response_mask {tuple(response_mask.shape)} must match token_level_rewards "
-                             f"{tuple(token_level_rewards.shape)}")
-        mask_f, owned = float_mask(response_mask, output_dtype(token_level_rewards))
-        scores = token_level_rewards.to(mask_f.dtype).sum(-1)
-        lengths = mask_f.sum(-1)
-        valid = lengths != 0
-        gid = group_ids_from_index(index, non_tensor_batch, bs)
+        lp = old_log_probs if cfg.alpha_reason > 0 else None
+        batch = read_batch(token_level_rewards, response_mask, index, non_tensor_batch, lp, exp_log_probs=cfg.sum_prob)
 
         entropy = None
         if cfg.alpha_percep > 0:
@@ -402,18 +400,12 @@ def compute_durian_advantage(
         if cfg.alpha_reason > 0 and old_log_probs is None:
             problems.append(_missing_log_probs_message(cfg.alpha_reason))
         if problems and entropy is None and cfg.alpha_percep > 0 and cfg.on_missing_entropy == "error":
-            problems.append(_missing_entropy_message(cfg.alpha_percep, int(valid.sum()), int(valid.sum())))
+            n_valid = int(batch.valid.sum())
+            problems.append(_missing_entropy_message(cfg.alpha_percep, n_valid, n_valid))
         if problems:
             raise ValueError("\n".join(problems))
 
-        confidence = None
-        if cfg.alpha_reason > 0:
-            if old_log_probs.shape != response_mask.shape:
-                raise ValueError(f"old_log_probs {tuple(old_log_probs.shape)} must match response_mask "
-                                 f"{tuple(response_mask.shape)}")
-            confidence = response_confidence(old_log_probs, mask_f, lengths, cfg.sum_prob)
-
-        adv, metrics = durian_advantage(scores, gid, cfg, entropy=entropy, confidence=confidence, valid=valid)
-        record(metrics)
-        out = broadcast_to_tokens(adv, mask_f, owned)
-    return out, out
+        confidence = None if lp is None else _confidence(batch.log_prob_sum, batch.lengths, cfg.sum_prob)
+        adv, metrics = durian_advantage(batch.scores, batch.gid, cfg, entropy=entropy, confidence=confidence,
+                                        valid=batch.valid)
+        return finish(adv, metrics, response_mask, batch.dtype)

@@ -2,7 +2,8 @@
 
 verl's estimator interface returns only ``(advantages, returns)``, so an estimator ``record``s its metrics here and
 the plugin's trainer seam calls ``pop_all()`` after each advantage step and merges the result into verl's step
-metrics. Names are ``difficulty/<estimator>/<name>``, e.g. ``difficulty/weighting/weight_mean``.
+metrics. Names are built by :func:`verl_difficulty.schema.metric`: ``difficulty/weighting/<name>`` (P2) and
+``difficulty/durian/<name>`` (P3), e.g. ``difficulty/weighting/weight_mean``.
 
 Within one step a later ``record`` of the same name overwrites the earlier value (e.g. when an estimator runs more
 than once per step). Thread-safe; the values are plain Python floats.
@@ -12,17 +13,10 @@ from __future__ import annotations
 
 import threading
 
-from verl_difficulty.schema import METRIC_PREFIX
-
-__all__ = ["record", "pop_all", "metric_name"]
+__all__ = ["record", "pop_all"]
 
 _LOCK = threading.Lock()
 _PENDING: dict[str, float] = {}
-
-
-def metric_name(estimator: str, name: str) -> str:
-    """``difficulty/<estimator>/<name>``."""
-    return f"{METRIC_PREFIX}{estimator}/{name}"
 
 
 def record(metrics: dict[str, float]) -> None:

@@ -1,6 +1,9 @@
 """Batched token-in/token-out generation with a transformers model, text and images (Qwen2.5-VL style).
 
-Shared by the CPU rollout replica (``verl_difficulty.cpu.rollout``) and the offline scorers' transformers backend.
+Shared by the CPU rollout replica (``verl_difficulty.cpu.rollout``) and the offline scorers' transformers backend
+(:mod:`verl_difficulty.scoring.backends`), which also use the request/result types defined here (the only copy:
+:class:`Prompt`, :class:`GenRequest`, :class:`SamplingConfig`, :class:`GenResult`). :class:`HFModel` (padding, vision
+inputs) is shared with the teacher-forced forward passes of :mod:`verl_difficulty.models.forward`.
 Log-probabilities are computed from the RAW logits, ``log_softmax(logits / T)`` (what verl's actor recomputes), not
 from the processed scores (top-k/top-p/suppression), so rollout and actor log-probs agree.
 
@@ -22,18 +25,41 @@ VISION_SPECIAL_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "
 
 
 @dataclass
-class GenRequest:
-    """One generation request: prompt token ids (image placeholders already expanded) and its images."""
+class Prompt:
+    """A chat prompt prepared by a backend: the chat-template text (image placeholders not expanded) and, for backends
+    that feed token ids, the ids with the image placeholders expanded for the row's image sizes."""
 
-    prompt_ids: list[int]
+    text: str
+    prompt_ids: Optional[list[int]] = None
+    num_images: int = 0
+
+    def request(self, images: Optional[list[Any]], seed: Optional[int], tag: Optional[dict] = None) -> "GenRequest":
+        """A :class:`GenRequest` of this prompt with ``images`` (None for a text-only prompt) and a sampling seed."""
+        return GenRequest(prompt_ids=self.prompt_ids, images=list(images) if images else None, seed=seed,
+                          text=self.text, tag=dict(tag or {}))
+
+
+@dataclass
+class GenRequest:
+    """One generation request: prompt token ids (image placeholders already expanded) and its images.
+
+    ``text`` is the chat-template text for backends that take text (vLLM, the scripted test backend); ``tag`` says
+    what the request is (scorer, row id, arm/ratio, try) for logs and scripted backends: a real backend must not let
+    it influence generation.
+    """
+
+    prompt_ids: Optional[list[int]] = None
     images: Optional[list[Any]] = None
     seed: Optional[int] = None
     """Per-request sampling seed (0 <= seed < 2**63); either every request of a batch has one or none has."""
+    text: Optional[str] = None
+    tag: dict = field(default_factory=dict)
 
 
 @dataclass
 class SamplingConfig:
-    """Sampling parameters (vLLM-style values are accepted: ``top_k=-1`` means no top-k)."""
+    """Sampling parameters (vLLM-style values are accepted: ``top_k=-1`` means no top-k; ``temperature <= 0`` is
+    greedy)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -42,6 +68,7 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
     seed: Optional[int] = None
+    """One global torch seed for a batch without per-request seeds."""
 
     def key(self) -> tuple:
         return (self.temperature, self.top_p, self.top_k, self.max_new_tokens, self.repetition_penalty, self.ignore_eos)
@@ -49,9 +76,17 @@ class SamplingConfig:
 
 @dataclass
 class GenResult:
-    token_ids: list[int]
+    """One generation: new token ids (eos included when hit), their log-probs (backends that compute them), why it
+    stopped, and the decoded text (backends that decode)."""
+
+    token_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     finish_reason: str = "length"
+    text: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
 
 
 def load_generation_model(path: str, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
@@ -102,8 +137,9 @@ class PerRowSampler:
         return out.scatter_(1, chosen, 0.0)
 
 
-class HFGenerator:
-    """Batched generation over a transformers model with left padding.
+class HFModel:
+    """A loaded transformers model with its tokenizer and processor, and what every batched call on it shares: left
+    padding, the vision inputs of the requests' images and the multimodal token types.
 
     Args:
         model: a loaded transformers model (``load_generation_model``).
@@ -122,8 +158,6 @@ class HFGenerator:
         self.video_token_id = getattr(cfg, "video_token_id", None)
         vision_cfg = getattr(cfg, "vision_config", None)
         self.merge_size = getattr(vision_cfg, "spatial_merge_size", 2) if vision_cfg is not None else 1
-        vocab = tokenizer.get_vocab()
-        self.suppress_ids = sorted({vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab})
         eos = []
         for src in (getattr(model, "generation_config", None), tokenizer):
             e = getattr(src, "eos_token_id", None)
@@ -134,8 +168,13 @@ class HFGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
 
-    # ------------------------------------------------------------------------------------------------------------
-    def _vision_inputs(self, requests: Sequence[GenRequest]) -> dict[str, torch.Tensor]:
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _vision_inputs(self, requests: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """``pixel_values`` / ``image_grid_thw`` of the requests' images (in request order); each request's image
+        placeholder count is checked against its images (``requests``: anything with ``prompt_ids`` and ``images``)."""
         images = [img for r in requests for img in (r.images or [])]
         if not images:
             return {}
@@ -158,6 +197,37 @@ class HFGenerator:
                 )
         return {"pixel_values": out["pixel_values"].to(self.model.dtype), "image_grid_thw": grid}
 
+    def _batch_inputs(self, sequences: Sequence[Sequence[int]], requests: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Left-padded ``input_ids`` / ``attention_mask`` of token sequences, plus the vision inputs and
+        ``mm_token_type_ids`` when the requests carry images (all on the model's device)."""
+        lengths = [len(ids) for ids in sequences]
+        width = max(lengths)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, ids in enumerate(sequences):
+            input_ids[i, width - lengths[i] :] = torch.tensor(list(ids), dtype=torch.long)
+            attention_mask[i, width - lengths[i] :] = 1
+        inputs: dict[str, Any] = self._vision_inputs(requests)
+        if inputs:
+            mm = torch.zeros_like(input_ids)
+            mm[input_ids == self.image_token_id] = 1
+            if self.video_token_id is not None:
+                mm[input_ids == self.video_token_id] = 2
+            mm[attention_mask == 0] = 0
+            inputs["mm_token_type_ids"] = mm
+        inputs.update(input_ids=input_ids, attention_mask=attention_mask)
+        device = self.device
+        return {k: v.to(device) for k, v in inputs.items()}
+
+
+class HFGenerator(HFModel):
+    """Batched generation over a transformers model with left padding (arguments: :class:`HFModel`)."""
+
+    def __init__(self, model, tokenizer, processor=None):
+        super().__init__(model, tokenizer, processor)
+        vocab = tokenizer.get_vocab()
+        self.suppress_ids = sorted({vocab[t] for t in VISION_SPECIAL_TOKENS if t in vocab})
+
     @torch.no_grad()
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         """Generate for a batch of requests sharing one sampling config.
@@ -167,22 +237,10 @@ class HFGenerator:
         """
         if not requests:
             return []
-        device = next(self.model.parameters()).device
-        lengths = [len(r.prompt_ids) for r in requests]
-        width = max(lengths)
-        input_ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for i, r in enumerate(requests):
-            input_ids[i, width - lengths[i] :] = torch.tensor(r.prompt_ids, dtype=torch.long)
-            attention_mask[i, width - lengths[i] :] = 1
-        kwargs: dict[str, Any] = self._vision_inputs(requests)
-        if kwargs:
-            mm = torch.zeros_like(input_ids)
-            mm[input_ids == self.image_token_id] = 1
-            if self.video_token_id is not None:
-                mm[input_ids == self.video_token_id] = 2
-            mm[attention_mask == 0] = 0
-            kwargs["mm_token_type_ids"] = mm
+        kwargs = self._batch_inputs([r.prompt_ids for r in requests], requests)
+        input_ids = kwargs.pop("input_ids")
+        attention_mask = kwargs.pop("attention_mask")
+        width = input_ids.shape[1]
         greedy = sampling.temperature is None or sampling.temperature <= 0
         temperature = 1.0 if greedy else float(sampling.temperature)
         top_k = sampling.top_k if sampling.top_k and sampling.top_k > 0 else None
@@ -212,9 +270,7 @@ class HFGenerator:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         if sampling.seed is not None and not per_row:
             torch.manual_seed(int(sampling.seed))
-        out = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **kwargs, **gen_kwargs
-        )
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **gen_kwargs)
         new_tokens = out.sequences[:, width:].cpu()
         if out.logits:
             logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, new, V)

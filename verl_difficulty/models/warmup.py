@@ -10,30 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from verl_difficulty import schema
+from verl_difficulty.data.rows import PROMPT, build_messages
 
 MARKER = "verl_difficulty_warmup.json"
-
-
-def _messages(row: dict) -> list[dict]:
-    """verl's ``<image>`` placeholders -> chat-template image parts (the same rendering verl's dataset uses)."""
-    out = []
-    for msg in row["prompt"]:
-        content = msg["content"]
-        if isinstance(content, str) and "<image>" in content:
-            parts: list[dict[str, Any]] = []
-            for i, piece in enumerate(content.split("<image>")):
-                if i > 0:
-                    parts.append({"type": "image"})
-                if piece:
-                    parts.append({"type": "text", "text": piece})
-            content = parts
-        out.append({"role": msg["role"], "content": content})
-    return out
 
 
 def _images(row: dict) -> list:
@@ -68,7 +52,7 @@ def warm_up(model_dir: str, rows: Sequence[dict], steps: int = 300, lr: float = 
     model.train()
     examples = []
     for row in rows:
-        prompt = processor.apply_chat_template(_messages(row), add_generation_prompt=True, tokenize=False)
+        prompt = processor.apply_chat_template(build_messages(row[PROMPT]), add_generation_prompt=True, tokenize=False)
         answer = str(row["reward_model"]["ground_truth"])
         full = prompt + target_text(answer) + "<|im_end|>"
         enc = processor(text=[full], images=_images(row) or None, return_tensors="pt")

@@ -8,7 +8,7 @@ registered name        reward
                        ``<think>reasoning</think>`` then a ``\\boxed{}`` answer.
 ``r1v_acc``            acc (P1): math-verify on the completion, fallback exact match of the ``<answer>`` content
                        (with a tag pair only its content is graded: R1-V's literal rule lets a number in the
-                       reasoning count, see ``graders.grade_r1v``); format (reported, weight 0):
+                       reasoning count, see ``math_grading.grade_r1v``); format (reported, weight 0):
                        ``<think>...</think><answer>...</answer>``.
 ``perception``         by the row's ``extra_info["task_type"]`` (or ``reward_model["task_type"]``): ``bbox`` (IoU >=
                        0.2, optimal one-to-one matching, score = fraction of gt boxes matched), ``ocr`` (normalised
@@ -17,7 +17,11 @@ registered name        reward
 
 Select one with ``reward.reward_manager.name=<name>`` (``source=register``, verl's default), or with
 ``source=importlib``, ``module.path=pkg://verl_difficulty.rewards.managers``, ``name=<ClassName>``.
-Settings: :class:`verl_difficulty.rewards.functions.RewardSettings` (``reward.reward_kwargs`` or ``difficulty.reward``).
+Settings: :class:`verl_difficulty.rewards.config.RewardSettings` (``difficulty.reward`` or ``reward.reward_kwargs``;
+an unknown key or a wrong type fails the reward worker's start with the full dotted key).
+
+This is the only module of :mod:`verl_difficulty.rewards` that imports verl: the managers register when it is imported
+(the plugin entry point imports it when verl imports its reward-manager registry).
 
 ``run_single`` returns ``{"reward_score": float, "reward_extra_info": {...}}`` with always the same keys
 (``acc``, ``format``, ``reason``, ``score``, ``pred``; ``perception`` adds ``iou`` and ``similarity``, None where not
@@ -37,13 +41,10 @@ from verl import DataProto
 from verl.experimental.reward_loop.reward_manager import register
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from verl_difficulty.rewards.functions import (
-    extra_keys,
-    score_response,
-    settings_from_config,
-    task_type_of,
-)
-from verl_difficulty.rewards.graders import REASON, shared_grader
+from verl_difficulty.rewards.config import settings_from_config
+from verl_difficulty.rewards.functions import extra_keys, score_response, task_type_of
+from verl_difficulty.rewards.pool import shared_grader
+from verl_difficulty.rewards.results import REASON
 from verl_difficulty.schema import DATA_SOURCE, EXTRA_INFO
 
 logger = logging.getLogger(__name__)
@@ -131,16 +132,9 @@ class PerceptionRewardManager(DifficultyRewardManagerBase):
     NAME = "perception"
 
 
-REGISTERED = {
-    "math_acc_format": MathAccFormatRewardManager,
-    "r1v_acc": R1VAccRewardManager,
-    "perception": PerceptionRewardManager,
-}
-
 __all__ = [
     "DifficultyRewardManagerBase",
     "MathAccFormatRewardManager",
     "R1VAccRewardManager",
     "PerceptionRewardManager",
-    "REGISTERED",
 ]

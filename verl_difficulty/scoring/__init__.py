@@ -1,56 +1,55 @@
-"""Offline difficulty scoring on Ray: the engine, the generation backends and the generation-based scorers.
+"""Offline difficulty scoring on Ray: the engine, the model backends, the scorer interface and registry.
 
-* :mod:`.engine`: sharded, resumable, provenance-stamped scoring of verl parquet files (``verl-difficulty score``).
-* :mod:`.backends`: transformers (CPU/GPU) and vLLM (GPU, optional) behind one interface.
-* :mod:`.verifier`: the plugin's rewards as verifiers; :mod:`.scripted`: a scripted model/verifier for tests.
-* scorers: :mod:`.passk` (P2 accuracy over k rollouts), :mod:`.pism` (P1 PISM), :mod:`.cde` (P4 CDE).
+* :mod:`.engine`: ``run_scoring`` (``verl-difficulty score``), built from :mod:`.job` (settings, fingerprint),
+  :mod:`.shards` (planning, reading), :mod:`.store` (output directory, manifest, atomic commits, merge),
+  :mod:`.runner` (in-process and Ray workers) and :mod:`.summary`.
+* :mod:`.scorer`: the :class:`Scorer` interface and the seed contract; :mod:`.registry`: scorers by name (built-in,
+  entry points ``verl_difficulty.scorers``, ``--scorer-module``); :mod:`.context`: what a scorer gets per shard
+  (``ctx.generate``, ``ctx.forward``, ``ctx.verify``).
+* :mod:`.backends`: transformers (CPU/GPU) and vLLM (GPU, optional); :mod:`.verifier`: the plugin's rewards as
+  verifiers; :mod:`.scripted`: a scripted model/verifier for tests.
+* the built-in scorers: :mod:`.scorers` (one module each).
 """
 
 from __future__ import annotations
 
-from verl_difficulty.scoring.base import (
-    Generation,
-    GenerationBackend,
-    GenerationRequest,
-    Prompt,
-    RowFailure,
-    SamplingParams,
-    Scorer,
-    ScoringContext,
-    ScoringRow,
-    Verifier,
-    derive_seed,
+from verl_difficulty.data.rows import RowFailure, ScoringRow
+from verl_difficulty.models.forward import ForwardBatch, ForwardRequest, LayerCapture
+from verl_difficulty.models.generation import GenRequest, GenResult, Prompt, SamplingConfig
+from verl_difficulty.scoring.context import GenerationBackend, ScoringContext, Verifier
+from verl_difficulty.scoring.engine import run_scoring
+from verl_difficulty.scoring.job import ScoreJob
+from verl_difficulty.scoring.registry import (
+    get_scorer,
+    load_scorer_module,
+    make_scorer,
+    register_scorer,
+    scorer_names,
 )
-from verl_difficulty.scoring.cde import CdeScorer
-from verl_difficulty.scoring.passk import PassKScorer
-from verl_difficulty.scoring.pism import PismScorer
-
-SCORERS = {PassKScorer.name: PassKScorer, PismScorer.name: PismScorer, CdeScorer.name: CdeScorer}
-"""Generation-based scorers by name (``verl-difficulty score --scorers``)."""
-
-
-def make_scorer(name: str, params: dict | None = None) -> Scorer:
-    """A scorer by name with its parameters (unknown names and parameters raise ``ValueError`` / ``TypeError``)."""
-    if name not in SCORERS:
-        raise ValueError(f"unknown scorer {name!r}; expected one of {sorted(SCORERS)}")
-    return SCORERS[name](**(params or {}))
-
+from verl_difficulty.scoring.scorer import FORWARD, GENERATE, Scorer, derive_seed
 
 __all__ = [
-    "SCORERS",
-    "make_scorer",
-    "Generation",
+    "FORWARD",
+    "GENERATE",
+    "ForwardBatch",
+    "ForwardRequest",
+    "GenRequest",
+    "GenResult",
     "GenerationBackend",
-    "GenerationRequest",
+    "LayerCapture",
     "Prompt",
     "RowFailure",
-    "SamplingParams",
+    "SamplingConfig",
+    "ScoreJob",
     "Scorer",
     "ScoringContext",
     "ScoringRow",
     "Verifier",
     "derive_seed",
-    "CdeScorer",
-    "PassKScorer",
-    "PismScorer",
+    "get_scorer",
+    "load_scorer_module",
+    "make_scorer",
+    "register_scorer",
+    "run_scoring",
+    "scorer_names",
 ]

@@ -1,14 +1,17 @@
-"""Generation backends of the offline scorers behind one interface, :class:`~.base.GenerationBackend`.
+"""Model backends of the offline scorers behind one interface, :class:`~.context.GenerationBackend`.
 
 * :class:`TransformersBackend` (CPU or GPU): the plugin's batched, left-padded transformers generation
   (:class:`verl_difficulty.models.generation.HFGenerator`), images through the model's processor, one seeded
   ``torch.Generator`` per request (a row's sample does not depend on the other rows of its batch).
+  It also runs teacher-forced forward passes with per-layer hooks (``ctx.forward``,
+  :class:`verl_difficulty.models.forward.HFForward`); attention weights need ``attn_implementation="eager"`` (the
+  engine asks for it when a scorer reads attention).
 * :class:`VLLMBackend` (GPU, optional extra ``verl-difficulty[gpu]``): ``vllm.LLM.generate`` with the chat-template
   text and ``multi_modal_data`` images, one ``SamplingParams(seed=...)`` per request. Import-guarded: importing this
   module never imports vLLM; constructing the backend without vLLM raises an ``ImportError`` that says what to install.
 
 Both apply the model's own chat template to the structured messages built by
-:mod:`verl_difficulty.scoring.rows` (``{"type": "image"}`` parts where the ``<image>`` placeholders were).
+:mod:`verl_difficulty.data.rows` (``{"type": "image"}`` parts where the ``<image>`` placeholders were).
 
 :func:`make_backend` builds a backend from a JSON-able spec (what the engine sends to each Ray worker):
 ``{"name": "transformers" | "vllm" | "module.path:ClassName", "model_path": ..., **kwargs}``.
@@ -20,9 +23,31 @@ import importlib
 import importlib.util
 from typing import Any, Optional, Sequence
 
-from verl_difficulty.scoring.base import Generation, GenerationRequest, Prompt, SamplingParams
+from verl_difficulty.models.generation import GenRequest, GenResult, Prompt, SamplingConfig
+from verl_difficulty.scoring.scorer import FORWARD, GENERATE
 
 BACKENDS = ("transformers", "vllm")
+CAPABILITIES = {"transformers": frozenset({GENERATE, FORWARD}), "vllm": frozenset({GENERATE})}
+"""What each built-in backend can do for a scorer (other backends: generation, and forward passes if they have a
+``forward`` method)."""
+
+
+def check_needs(backend: Any, scorers: Sequence[Any]) -> None:
+    """Raise ``ValueError`` naming the scorer if ``backend`` (a name or an object) cannot do what a scorer needs."""
+    if isinstance(backend, str):
+        can = CAPABILITIES.get(backend)
+        if can is None:
+            return  # a module:Class backend: checked once built
+    else:
+        can = frozenset({GENERATE}) | (frozenset({FORWARD}) if callable(getattr(backend, "forward", None)) else
+                                       frozenset())
+        backend = getattr(backend, "name", type(backend).__name__)
+    for s in scorers:
+        missing = sorted(set(s.needs) - can)
+        if missing:
+            what = "a teacher-forced forward pass" if FORWARD in missing else " and ".join(missing)
+            raise ValueError(f"scorer {s.name!r} needs {what}, which the {backend} backend cannot run; use "
+                             "--backend transformers")
 
 
 def _load_processor(model_path: str):
@@ -65,6 +90,7 @@ class TransformersBackend:
                  num_threads: Optional[int] = None):
         import torch
 
+        from verl_difficulty.models.forward import HFForward
         from verl_difficulty.models.generation import HFGenerator, load_generation_model
 
         if num_threads:
@@ -82,6 +108,7 @@ class TransformersBackend:
                                       attn_implementation=attn_implementation)
         model.to(self.device)
         self.generator = HFGenerator(model, self.tokenizer, self.processor)
+        self.forwarder = HFForward(model, self.tokenizer, self.processor)
 
     def prepare(self, messages: list[dict], images: Optional[list[Any]]) -> Prompt:
         text = _chat_text(self.tokenizer, self.processor, messages)
@@ -95,17 +122,18 @@ class TransformersBackend:
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return Prompt(text=text, prompt_ids=list(ids), num_images=len(images or []))
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
-        from verl_difficulty.models.generation import GenRequest, SamplingConfig
-
-        cfg = SamplingConfig(temperature=float(sampling.temperature), top_p=float(sampling.top_p),
-                             top_k=int(sampling.top_k), max_new_tokens=int(sampling.max_tokens))
+    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         greedy = sampling.temperature <= 0
-        reqs = [GenRequest(prompt_ids=r.prompt.prompt_ids, images=list(r.images) if r.images else None,
-                           seed=None if greedy else int(r.seed)) for r in requests]
-        results = self.generator.generate(reqs, cfg)
-        return [Generation(text=self.tokenizer.decode(res.token_ids, skip_special_tokens=True),
-                           num_tokens=len(res.token_ids), finish_reason=res.finish_reason) for res in results]
+        reqs = [GenRequest(prompt_ids=r.prompt_ids, images=r.images, seed=None if greedy else int(r.seed))
+                for r in requests]
+        results = self.generator.generate(reqs, sampling)
+        for res in results:
+            res.text = self.tokenizer.decode(res.token_ids, skip_special_tokens=True)
+        return results
+
+    def forward(self, requests: Sequence, on_layer, attentions: bool = False, hidden_states: bool = False) -> list:
+        """Teacher-forced forward passes with per-layer hooks (:meth:`verl_difficulty.models.forward.HFForward.forward`)."""
+        return self.forwarder.forward(requests, on_layer, attentions=attentions, hidden_states=hidden_states)
 
     def describe(self) -> dict:
         return {"backend": self.name, "model_path": self.model_path, "device": self.device, "dtype": self.dtype,
@@ -157,24 +185,24 @@ class VLLMBackend:
     def prepare(self, messages: list[dict], images: Optional[list[Any]]) -> Prompt:
         return Prompt(text=_chat_text(self.tokenizer, self.processor, messages), num_images=len(images or []))
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
+    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         prompts = []
         params = []
         for r in requests:
-            p: dict[str, Any] = {"prompt": r.prompt.text}
+            p: dict[str, Any] = {"prompt": r.text}
             if r.images:
                 p["multi_modal_data"] = {"image": list(r.images)}
             prompts.append(p)
             params.append(self.vllm.SamplingParams(
                 n=1, temperature=max(0.0, float(sampling.temperature)), top_p=float(sampling.top_p),
                 top_k=int(sampling.top_k) if sampling.top_k and sampling.top_k > 0 else -1,
-                max_tokens=int(sampling.max_tokens), seed=int(r.seed), skip_special_tokens=True,
+                max_tokens=int(sampling.max_new_tokens), seed=int(r.seed), skip_special_tokens=True,
             ))
         outs = self.llm.generate(prompts, params, use_tqdm=False)
         res = []
         for o in outs:
             c = o.outputs[0]
-            res.append(Generation(text=c.text, num_tokens=len(c.token_ids), finish_reason=str(c.finish_reason)))
+            res.append(GenResult(token_ids=list(c.token_ids), finish_reason=str(c.finish_reason), text=c.text))
         return res
 
     def describe(self) -> dict:
@@ -191,7 +219,7 @@ def make_backend(spec: dict):
     """Build a backend from ``{"name": ..., "model_path": ..., **kwargs}``.
 
     ``name``: ``transformers``, ``vllm``, or ``package.module:ClassName`` of any class with the
-    :class:`~verl_difficulty.scoring.base.GenerationBackend` methods (constructed with the remaining keys).
+    :class:`~verl_difficulty.scoring.context.GenerationBackend` methods (constructed with the remaining keys).
     """
     spec = dict(spec)
     name = spec.pop("name")

@@ -21,7 +21,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from verl_difficulty.scoring.base import Generation, GenerationRequest, Prompt, SamplingParams, seed_sequence
+from verl_difficulty.models.generation import GenRequest, GenResult, Prompt, SamplingConfig
+from verl_difficulty.scoring.scorer import seed_sequence
 
 YES, NO = "<answer>yes</answer>", "<answer>no</answer>"
 
@@ -53,7 +54,7 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, outcome: Optional[Callable[[dict, GenerationRequest], bool]] = None, profile_seed: int = 0,
+    def __init__(self, outcome: Optional[Callable[[dict, GenRequest], bool]] = None, profile_seed: int = 0,
                  fail_rows: Sequence[int] = (), sleep_s: float = 0.0, model_path: str = "scripted"):
         self.outcome = outcome
         self.profile_seed = int(profile_seed)
@@ -70,7 +71,7 @@ class ScriptedBackend:
             parts.append(c if isinstance(c, str) else "".join(p.get("text", "<image>") for p in c))
         return Prompt(text="\n".join(parts), prompt_ids=None, num_images=len(images or []))
 
-    def _builtin(self, tag: dict, req: GenerationRequest) -> bool:
+    def _builtin(self, tag: dict, req: GenRequest) -> bool:
         base, decay, text = row_profile(int(tag.get("row", 0)), self.profile_seed)
         if req.images:
             frac = float(np.mean([masked_fraction(im) for im in req.images]))
@@ -79,7 +80,7 @@ class ScriptedBackend:
             p = text
         return bool(np.random.default_rng(int(req.seed)).random() < p)
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingParams) -> list[Generation]:
+    def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list[GenResult]:
         self.calls += 1
         self.batch_sizes.append(len(requests))
         if self.sleep_s:
@@ -89,7 +90,7 @@ class ScriptedBackend:
             if int(req.tag.get("row", -1)) in self.fail_rows:
                 raise RuntimeError(f"scripted failure for row {req.tag.get('row')}")
             ok = self.outcome(req.tag, req) if self.outcome is not None else self._builtin(req.tag, req)
-            out.append(Generation(text=YES if ok else NO, num_tokens=1, finish_reason="stop"))
+            out.append(GenResult(token_ids=[0], finish_reason="stop", text=YES if ok else NO))
         return out
 
     def describe(self) -> dict:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 from verl_difficulty.schema import ACC
-from verl_difficulty.scoring.base import ScoringRow
+from verl_difficulty.data.rows import ScoringRow
 
 REWARDS = ("r1v_acc", "math_acc_format", "perception")
 
@@ -35,7 +35,7 @@ class RewardVerifier:
     """
 
     def __init__(self, reward: str = "r1v_acc", **settings: Any):
-        from verl_difficulty.rewards.functions import resolve_settings
+        from verl_difficulty.rewards.config import resolve_settings
 
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; expected one of {REWARDS}")

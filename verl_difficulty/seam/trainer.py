@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from verl_difficulty import schema
 from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
-from verl_difficulty.seam.inputs import seam_inputs
+from verl_difficulty.seam.inputs import DEFAULT_CORRECT_THRESHOLD, response_verdicts, seam_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,13 @@ def _padded(t: torch.Tensor) -> torch.Tensor:
     return torch.nested.to_padded_tensor(t, 0.0) if getattr(t, "is_nested", False) else t
 
 
-def per_sample_fields(data, n: int) -> dict[str, np.ndarray]:
-    """Build the estimators' ``non_tensor_batch`` from a TransferQueue batch (TensorDict) of n trajectories."""
+def per_sample_fields(data, n: int, correct_threshold: float = DEFAULT_CORRECT_THRESHOLD) -> dict[str, np.ndarray]:
+    """Build the estimators' ``non_tensor_batch`` from a TransferQueue batch (TensorDict) of n trajectories.
+
+    Besides the dataset and reward fields it holds the seam's one verdict per response, ``schema.CORRECT``
+    (:func:`~verl_difficulty.seam.inputs.response_verdicts`: the reward's ``acc`` when reported, else
+    ``reward >= correct_threshold``; NaN for an empty response), which the estimators and the sampler both read.
+    """
     keys = set(data.keys())
     out: dict[str, np.ndarray] = {}
     out["uid"] = np.array(_as_list(data["uid"], n), dtype=object)
@@ -109,6 +114,9 @@ def per_sample_fields(data, n: int) -> dict[str, np.ndarray]:
         except (TypeError, ValueError):
             arr = np.array(vals, dtype=object)
         out[name] = arr
+    scores = _padded(data["rm_scores"]).float().sum(-1).cpu().numpy() if "rm_scores" in keys else np.zeros(n)
+    lengths = _padded(data["response_mask"]).sum(-1).cpu().numpy() if "response_mask" in keys else None
+    out[schema.CORRECT] = response_verdicts(scores, out.get(schema.ACC), lengths, correct_threshold)
     return out
 
 
@@ -141,7 +149,7 @@ def register_trainer_mode() -> None:
 
         # -------------------------------------------------------------- sampler
         def _init_dataloader(self):
-            from verl_difficulty.sampling.hints import HintConfig, configure_dataset_hints, install_hint_dataset
+            from verl_difficulty.seam.hint_dataset import HintConfig, configure_dataset_hints, install_hint_dataset
             from verl_difficulty.sampling.sampler import check_dataloader_workers
 
             section = self.config.get("difficulty", None)
@@ -189,22 +197,16 @@ def register_trainer_mode() -> None:
 
             data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=_FIELDS)
             n = len(batch.keys)
-            ntb = per_sample_fields(data, n)
+            ntb = per_sample_fields(data, n, self.difficulty_config.correct_threshold)
             old_log_probs = _padded(data["old_log_probs"]) if "old_log_probs" in data.keys() else None
             est_metrics.pop_all()
             with seam_inputs(ntb, old_log_probs):
                 batch = super()._compute_advantage(batch, metrics)
             metrics.update(est_metrics.pop_all())
 
-            # outcomes -> sampler and metrics
-            reward = _padded(data["rm_scores"]).float().sum(-1).cpu().numpy()
-            acc = ntb.get(schema.ACC)
-            if isinstance(acc, np.ndarray) and acc.dtype.kind == "f" and np.isfinite(acc).all():
-                correct = acc
-            else:
-                correct = (reward >= self.difficulty_config.correct_threshold).astype(np.float64)
+            correct = ntb[schema.CORRECT]
             pid = ntb[schema.SEAM_PROMPT_ID]
-            metrics.update(self._batch_metrics(ntb, correct, old_log_probs))
+            metrics.update(batch_metrics(ntb, old_log_probs))
             if self.difficulty_sampler is not None:
                 # the outcomes of step N; the sampler's next draws are for step N + 1 (schedules follow the step)
                 self.difficulty_sampler.update(pid, correct, step=int(self.global_steps))
@@ -214,24 +216,70 @@ def register_trainer_mode() -> None:
                 metrics.update(hint_metrics())
             return batch
 
-        @staticmethod
-        def _batch_metrics(ntb: dict, correct: np.ndarray, old_log_probs) -> dict[str, float]:
-            uid = ntb["uid"]
-            _, inv = np.unique(uid, return_inverse=True)
-            n_groups = inv.max() + 1 if len(inv) else 0
-            sums = np.bincount(inv, weights=correct, minlength=n_groups)
-            counts = np.bincount(inv, minlength=n_groups)
-            p = sums / np.maximum(counts, 1)
-            zero_var = ((p == 0) | (p == 1)).mean() if n_groups else 0.0
-            pid = ntb[schema.SEAM_PROMPT_ID]
-            return {
-                "difficulty/batch/acc_mean": float(correct.mean()) if len(correct) else 0.0,
-                "difficulty/batch/group_pass_rate_mean": float(p.mean()) if n_groups else 0.0,
-                "difficulty/batch/zero_variance_frac": float(zero_var),
-                "difficulty/seam/prompt_id_coverage": float((pid >= 0).mean()) if len(pid) else 0.0,
-                "difficulty/seam/has_old_log_probs": float(old_log_probs is not None),
-                "difficulty/seam/has_acc": float(schema.ACC in ntb),
-            }
+        # -------------------------------------------------------------- DAPO: groups evicted before the advantage step
+        def _build_replay_buffer(self):
+            buffer = super()._build_replay_buffer()
+            if getattr(buffer, "filter_groups_metric", None) is not None:
+                buffer.__class__ = _observing_replay_buffer_class(type(buffer))
+                buffer.difficulty_observer = self._observe_evicted
+            return buffer
+
+        def _observe_evicted(self, data, n: int) -> None:
+            """Outcomes of the groups DAPO's ``filter_groups`` evicts (all right / all wrong) reach the sampler too."""
+            if self.difficulty_sampler is None or n == 0:
+                return
+            ntb = per_sample_fields(data, n, self.difficulty_config.correct_threshold)
+            self.difficulty_sampler.observe(ntb[schema.SEAM_PROMPT_ID], ntb[schema.CORRECT])
 
     DifficultyTrainer.__module__ = __name__
     globals()["DifficultyTrainer"] = DifficultyTrainer
+
+
+def batch_metrics(ntb: dict, old_log_probs: Any) -> dict[str, float]:
+    """``difficulty/batch/*`` and ``difficulty/seam/*`` metrics of one advantage step (from the seam's verdicts)."""
+    correct = ntb[schema.CORRECT]
+    valid = np.isfinite(correct)
+    _, inv = np.unique(ntb["uid"], return_inverse=True)
+    n_groups = int(inv.max()) + 1 if len(inv) else 0
+    sums = np.bincount(inv[valid], weights=correct[valid], minlength=n_groups)
+    counts = np.bincount(inv[valid], minlength=n_groups)
+    has = counts > 0
+    p = sums[has] / counts[has]
+    pid = ntb[schema.SEAM_PROMPT_ID]
+    m = schema.metric
+    return {
+        m("batch", "acc_mean"): float(correct[valid].mean()) if valid.any() else 0.0,
+        m("batch", "group_pass_rate_mean"): float(p.mean()) if len(p) else 0.0,
+        m("batch", "zero_variance_frac"): float(((p == 0) | (p == 1)).mean()) if len(p) else 0.0,
+        m("batch", "empty_responses"): float((~valid).sum()),
+        m("seam", "prompt_id_coverage"): float((pid >= 0).mean()) if len(pid) else 0.0,
+        m("seam", "has_old_log_probs"): float(old_log_probs is not None),
+        m("seam", "has_acc"): float(schema.ACC in ntb),
+    }
+
+
+def _observing_replay_buffer_class(base: type) -> type:
+    """verl's replay buffer, telling the plugin which finished groups DAPO's ``filter_groups`` evicts.
+
+    verl 0.9.1 evicts zero-variance groups in ``ReplayBuffer._evict_terminal_groups`` (``replay_buffer.py:345-381``,
+    eviction reasons from ``_terminal_eviction_reasons``: ``(stale, dapo, failed, counts)``) and clears them from
+    TransferQueue, so they never reach the advantage step. This subclass reads the DAPO-evicted groups' fields from
+    TransferQueue first and hands them to ``difficulty_observer(data, n)``; verl's behaviour is otherwise unchanged.
+    """
+
+    class ObservingReplayBuffer(base):
+        difficulty_observer = None
+
+        def _evict_terminal_groups(self, global_steps, partition_id, eviction_reasons):
+            dapo_uids = eviction_reasons[1]
+            if dapo_uids and self.difficulty_observer is not None and partition_id == "train":
+                import transfer_queue as tq
+
+                keys = [k for k in self.partitions[partition_id] if k.split("_")[0] in dapo_uids]
+                if keys:
+                    data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=_FIELDS)
+                    self.difficulty_observer(data, len(keys))
+            return super()._evict_terminal_groups(global_steps, partition_id, eviction_reasons)
+
+    ObservingReplayBuffer.__name__ = f"Observing{base.__name__}"
+    return ObservingReplayBuffer

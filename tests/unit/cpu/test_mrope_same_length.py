@@ -226,7 +226,7 @@ def test_e2e_one_step_on_a_same_length_batch(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from verl_difficulty.cli import SMOKE_RECIPE_DIR
+    from verl_difficulty.cli import smoke_recipe_dir
     from verl_difficulty.data.synthetic import parquet_schema
     from verl_difficulty.models.tiny import build_tiny_model_dir
 
@@ -238,7 +238,7 @@ def test_e2e_one_step_on_a_same_length_batch(tmp_path):
     metrics = tmp_path / "m.jsonl"
     cmd = [
         sys.executable, "-m", "verl.trainer.main_ppo",
-        "--config-path", str(SMOKE_RECIPE_DIR), "--config-name", "grpo_tiny_vl",
+        "--config-path", str(smoke_recipe_dir()), "--config-name", "grpo_tiny_vl",
         f"actor_rollout_ref.model.path={model}",
         f"data.train_files={tmp_path / 'train.parquet'}",
         f"data.val_files={tmp_path / 'val.parquet'}",

@@ -20,13 +20,21 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.ray_trainer import compute_advantage
 
 import verl_difficulty.estimators as est
+from verl_difficulty.config import ConfigError, defaults
 from verl_difficulty.estimators import durian as durian_mod
+from verl_difficulty.estimators import groups as groups_mod
 from verl_difficulty.estimators import metrics as metrics_mod
-from verl_difficulty.estimators.config import DifficultyWeightingConfig, DurianConfig
+from verl_difficulty.estimators.config import (
+    MAX_EXP_BETA,
+    AlgorithmDifficultyConfig,
+    DifficultyWeightingConfig,
+    DurianConfig,
+)
 from verl_difficulty.estimators.difficulty_weighted import (
     compute_difficulty_weighted_advantage,
     difficulty_weight,
     difficulty_weighted_advantage,
+    pass_rates,
 )
 from verl_difficulty.estimators.durian import (
     compute_durian_advantage,
@@ -34,7 +42,7 @@ from verl_difficulty.estimators.durian import (
     quantile_edges,
     quantile_group_ids,
 )
-from verl_difficulty.schema import ACC, EXTRA_INFO, METRIC_PREFIX, VISUAL_ENTROPY
+from verl_difficulty.schema import ACC, CORRECT, EXTRA_INFO, METRIC_PREFIX, VISUAL_ENTROPY
 
 YAML_PATH = Path(__file__).resolve().parents[3] / "verl_difficulty" / "config" / "algorithm_difficulty.yaml"
 ATOL = 1e-5
@@ -104,8 +112,11 @@ def ref_difficulty_weighted(batch, cfg: DifficultyWeightingConfig, correct):
     groups = ref_groups(index, mask)
     w = {}
     for u, rows in groups.items():
-        p = sum(float(correct[i]) for i in rows) / len(rows)
-        x = 1.0 - p
+        judged = [float(correct[i]) for i in rows if not math.isnan(float(correct[i]))]  # NaN: no verdict
+        if not judged:
+            w[u] = 1.0
+            continue
+        x = 1.0 - sum(judged) / len(judged)
         w[u] = {"constant": 1.0, "linear": 1.0 + cfg.beta * x, "exponential": math.exp(cfg.beta * x),
                 "steep_exp": math.exp(cfg.beta * x ** cfg.steep_power)}[cfg.weight]
     if cfg.renormalize:
@@ -287,13 +298,31 @@ def test_metrics_collector_and_names():
 # ======================================================================================================================
 # config
 # ======================================================================================================================
+def _assert_same_tree(got, want, path="algorithm"):
+    """Recursive equality of keys, values and value types (a YAML ``2`` is not the default ``2.0``)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict), path
+        assert set(got) == set(want), f"{path}: keys {sorted(got)} != {sorted(want)}"
+        for k in want:
+            _assert_same_tree(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), f"{path}: {got!r} != {want!r}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same_tree(g, w, f"{path}[{i}]")
+    else:
+        assert type(got) is type(want) and got == want, f"{path}: {got!r} != {want!r}"
+
+
 def test_yaml_defaults_equal_dataclass_defaults():
     raw = yaml.safe_load(YAML_PATH.read_text())
+    _assert_same_tree(raw, {"difficulty": defaults(AlgorithmDifficultyConfig)})
+    assert raw["difficulty"]["weighting"] == defaults(DifficultyWeightingConfig)
+    assert raw["difficulty"]["durian"] == defaults(DurianConfig)
     cfg = OmegaConf.create(raw)
     assert DifficultyWeightingConfig.from_algorithm_config(cfg) == DifficultyWeightingConfig()
     assert DurianConfig.from_algorithm_config(cfg) == DurianConfig()
-    assert set(raw["difficulty"]["weighting"]) == {f.name for f in dataclasses.fields(DifficultyWeightingConfig)}
-    assert set(raw["difficulty"]["durian"]) == {f.name for f in dataclasses.fields(DurianConfig)}
+    assert "correctness" not in raw["difficulty"]["weighting"]  # the verdict is the seam's, not an estimator setting
+    assert "correct_threshold" not in raw["difficulty"]["weighting"]
 
 
 def test_config_sources():
@@ -307,31 +336,81 @@ def test_config_sources():
     assert DifficultyWeightingConfig.from_algorithm_config(AlgoConfig()) == DifficultyWeightingConfig()
 
 
+W = r"algorithm\.difficulty\.weighting"
+D = r"algorithm\.difficulty\.durian"
+
+
 @pytest.mark.parametrize(
     "section, values, match",
     [
-        ("weighting", {"weight": "cubic"}, "weight must be one of"),
-        ("weighting", {"beta": -1.0}, "beta must be >= 0"),
-        ("weighting", {"beta": "big"}, "beta must be a number"),
-        ("weighting", {"epsilon": 0.0}, "epsilon must be > 0"),
-        ("weighting", {"renormalize": "yes"}, "renormalize must be true or false"),
-        ("weighting", {"correctness": "oracle"}, "correctness must be one of"),
-        ("weighting", {"wieght": "linear"}, "unknown key"),
-        ("durian", {"alpha_ori": 0.0, "alpha_percep": 0.0, "alpha_reason": 0.0}, "all 0"),
-        ("durian", {"alpha_reason": -0.1}, "alpha_reason must be >= 0"),
-        ("durian", {"alpha_ori": float("nan")}, "must be finite"),
-        ("durian", {"percep_quantiles": [0.75, 0.25]}, "0 < q1 < q2 < 1"),
-        ("durian", {"percep_quantiles": [0.25]}, "list of two numbers"),
-        ("durian", {"percep_edges": [2.0, 1.0]}, "e1 <= e2"),
-        ("durian", {"reason_groups": 0}, "integer >= 1"),
-        ("durian", {"reason_groups": 2.5}, "integer >= 1"),
-        ("durian", {"on_missing_entropy": "ignore"}, "on_missing_entropy must be one of"),
+        ("weighting", {"weight": "cubic"}, rf"{W}\.weight: 'cubic' is not one of"),
+        ("weighting", {"beta": -1.0}, rf"{W}\.beta: must be >= 0"),
+        ("weighting", {"beta": "big"}, rf"{W}\.beta: expected a number"),
+        ("weighting", {"beta": True}, rf"{W}\.beta: expected a number"),
+        ("weighting", {"epsilon": 0.0}, rf"{W}\.epsilon: must be > 0"),
+        ("weighting", {"steep_power": 0.0}, rf"{W}\.steep_power: must be > 0"),
+        ("weighting", {"renormalize": "yes"}, rf"{W}\.renormalize: expected true/false"),
+        ("weighting", {"correctness": "acc"}, rf"unknown setting {W}\.correctness"),  # removed: the seam's verdict
+        ("weighting", {"correct_threshold": 0.5}, rf"unknown setting {W}\.correct_threshold"),
+        ("weighting", {"wieght": "linear"}, rf"unknown setting {W}\.wieght"),
+        ("weighting", {"weight": "exponential", "beta": 89.0}, rf"{W}\.beta: 89\.0 overflows float32.*beta <= 88\.72"),
+        ("weighting", {"weight": "steep_exp", "beta": 1e3}, rf"{W}\.beta: 1000\.0 overflows float32.*beta <= 88\.72"),
+        ("durian", {"alpha_ori": 0.0, "alpha_percep": 0.0, "alpha_reason": 0.0}, rf"{D}: .*all 0"),
+        ("durian", {"alpha_reason": -0.1}, rf"{D}\.alpha_reason: must be >= 0"),
+        ("durian", {"alpha_ori": float("nan")}, rf"{D}\.alpha_ori: expected a finite number"),
+        ("durian", {"percep_quantiles": [0.75, 0.25]}, rf"{D}\.percep_quantiles: must satisfy 0 < q1 < q2 < 1"),
+        ("durian", {"percep_quantiles": [0.0, 0.75]}, rf"{D}\.percep_quantiles\[0\]: must be > 0"),
+        ("durian", {"percep_quantiles": [0.25]}, rf"{D}\.percep_quantiles: expected a list of 2 items"),
+        ("durian", {"percep_quantiles": "0.25,0.75"}, rf"{D}\.percep_quantiles: expected a list, got str"),
+        ("durian", {"percep_edges": [2.0, 1.0]}, rf"{D}\.percep_edges: must satisfy e1 <= e2"),
+        ("durian", {"percep_edges": {"lo": 1.0}}, rf"{D}\.percep_edges: expected a list"),
+        ("durian", {"reason_groups": 0}, rf"{D}\.reason_groups: must be >= 1"),
+        ("durian", {"reason_groups": 2.5}, rf"{D}\.reason_groups: expected an integer"),
+        ("durian", {"reason_groups": "12"}, rf"{D}\.reason_groups: expected an integer"),
+        ("durian", {"on_missing_entropy": "ignore"}, rf"{D}\.on_missing_entropy: 'ignore' is not one of"),
     ],
 )
 def test_config_validation(section, values, match):
     cls = DifficultyWeightingConfig if section == "weighting" else DurianConfig
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         cls.from_algorithm_config(algo(**{section: values}))
+    with pytest.raises(ValueError, match=match):  # ConfigError is a ValueError; plain dicts are checked alike
+        cls.from_algorithm_config({"difficulty": {section: values}})
+
+
+@pytest.mark.parametrize(
+    "difficulty, match",
+    [
+        ([], r"algorithm\.difficulty: expected a mapping of settings, got list"),
+        ("durian", r"algorithm\.difficulty: expected a mapping of settings, got str"),
+        ({"durian": []}, rf"{D}: expected a mapping of settings, got list"),
+        ({"weighting": 3}, rf"{W}: expected a mapping of settings, got int"),
+        ({"duran": {}}, r"unknown setting algorithm\.difficulty\.duran"),
+    ],
+)
+def test_config_wrong_section_types_name_the_key(difficulty, match):
+    for cls in (DifficultyWeightingConfig, DurianConfig):
+        with pytest.raises(ConfigError, match=match):
+            cls.from_algorithm_config(OmegaConf.create({"difficulty": difficulty}))
+        with pytest.raises(ConfigError, match=match):
+            cls.from_algorithm_config({"difficulty": difficulty})
+    with pytest.raises(ConfigError, match="algorithm: expected a mapping"):
+        DurianConfig.from_algorithm_config(42)
+
+
+def test_exponential_beta_bound():
+    # the largest accepted beta keeps exp(beta) (the weight of a prompt nobody solves) finite in float32
+    assert MAX_EXP_BETA == 88.72 and math.isfinite(float(np.float32(math.exp(MAX_EXP_BETA))))
+    for family in ("exponential", "steep_exp"):
+        cfg = DifficultyWeightingConfig.from_algorithm_config(algo(weighting={"weight": family, "beta": MAX_EXP_BETA}))
+        w = difficulty_weight(torch.zeros(1, dtype=torch.float32), cfg)
+        assert torch.isfinite(w).all()
+    # linear weights 1 + beta stay finite for any finite beta
+    assert DifficultyWeightingConfig.from_algorithm_config(algo(weighting={"weight": "linear", "beta": 1e3})).beta == 1e3
+    batch = make_batch([4, 4], seed=23, reward_values=(0.0, 1.0))
+    batch["non_tensor_batch"][CORRECT] = np.zeros(8)  # nobody solves anything: w = exp(beta)
+    adv, _ = run_dw(batch, weight="exponential", beta=MAX_EXP_BETA)
+    assert torch.isfinite(adv).all()
 
 
 # ======================================================================================================================
@@ -405,31 +484,93 @@ def test_dw_matches_loop_reference(seed):
     empty = rng.choice(bs, size=int(rng.integers(0, 3)), replace=False).tolist() if bs > 2 else []
     batch = make_batch(sizes, seed=seed, empty=empty, outcome=seed % 3 != 0)
     family = ["steep_exp", "exponential", "linear", "constant"][seed % 4]
-    cfg = dict(weight=family, beta=float(rng.uniform(0, 4)), renormalize=bool(seed % 2), keep_std=bool(seed % 5 == 0),
-               correctness=["auto", "reward"][seed % 2])
+    cfg = dict(weight=family, beta=float(rng.uniform(0, 4)), renormalize=bool(seed % 2), keep_std=bool(seed % 5 == 0))
+    ntb = batch["non_tensor_batch"]
+    lengths = batch["response_mask"].sum(-1).numpy()
+    source = ["seam", "acc", "reward"][seed % 3]
+    if source == "seam":  # the seam's verdict, independent of the reward here; NaN on empty responses
+        ntb[CORRECT] = rng.integers(0, 2, size=bs).astype(np.float64)
+        ntb[CORRECT][lengths == 0] = np.nan
+        correct = ntb[CORRECT]
+    elif source == "acc":
+        ntb[ACC] = rng.integers(0, 2, size=bs).astype(np.float64)
+        correct = ntb[ACC]
+    else:  # neither: reward >= 0.5 (the seam's default threshold)
+        del ntb[ACC]
+        correct = (batch["token_level_rewards"].sum(-1) >= 0.5).numpy()
     adv, _ = run_dw(batch, **cfg)
-    c = DifficultyWeightingConfig(**cfg)
-    correct = (batch["non_tensor_batch"][ACC] if c.correctness == "auto"
-               else (batch["token_level_rewards"].sum(-1) >= c.correct_threshold).numpy())
-    ref = ref_difficulty_weighted(batch, c, correct)
+    ref = ref_difficulty_weighted(batch, DifficultyWeightingConfig(**cfg), correct)
     torch.testing.assert_close(adv.double(), ref, atol=ATOL, rtol=1e-5)
 
 
-def test_dw_correctness_sources():
+def test_dw_verdict_sources():
     batch = make_batch([4, 4], seed=6, reward_values=(0.0, 0.6, 1.0))
+    ntb = batch["non_tensor_batch"]
+    by_reward = (batch["token_level_rewards"].sum(-1) >= 0.5).numpy().astype(np.float64)
     # acc disagrees with the threshold on purpose: all-correct acc gives p = 1, w = 1
-    batch["non_tensor_batch"][ACC] = np.ones(8)
-    a_acc, _ = run_dw(batch, correctness="acc")
-    a_auto, _ = run_dw(batch, correctness="auto")
-    a_rew, _ = run_dw(batch, correctness="reward", correct_threshold=0.5)
+    ntb[ACC] = np.ones(8)
+    a_acc, _ = run_dw(batch)
     a_const, _ = run_dw(batch, weight="constant")
-    assert torch.equal(a_acc, a_auto) and torch.allclose(a_acc, a_const)
-    assert not torch.allclose(a_rew, a_acc)
-    with pytest.raises(ValueError, match="no 'acc' column"):
-        run_dw(batch, seam=False, correctness="acc")
-    batch["non_tensor_batch"][ACC] = np.array([1, 0, 2, 0, 1, 1, 0, 0], dtype=np.float64)
+    assert torch.allclose(a_acc, a_const)
+    # the seam's verdict wins over acc
+    ntb[CORRECT] = by_reward
+    a_seam, _ = run_dw(batch)
+    assert not torch.allclose(a_seam, a_acc)
+    # no verdict, no acc: the seam's rule on the reward (>= 0.5), which is what the verdict said above
+    del ntb[CORRECT], ntb[ACC]
+    a_rew, _ = run_dw(batch)
+    assert torch.equal(a_rew, a_seam)
+    a_noseam, _ = run_dw(batch, seam=False)
+    assert torch.equal(a_noseam, a_seam)
+    # acc with a missing value is not used (the seam's rule): falls back to the reward
+    ntb[ACC] = np.array([1, np.nan, 1, 1, 1, 1, 1, 1], dtype=np.float64)
+    assert torch.equal(run_dw(batch)[0], a_seam)
+    # a verdict outside [0, 1] is an error
+    ntb[CORRECT] = np.array([1, 0, 2, 0, 1, 1, 0, 0], dtype=np.float64)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_dw(batch)
+
+
+def test_dw_pass_rate_is_the_samplers_pass_rate():
+    """p_s of the estimator = the per-prompt mean of the same ``correct`` array the sampler receives (NaN left out)."""
+    batch = make_batch([4, 5, 3, 6, 2], seed=21, empty=[1, 7, 19])
+    ntb = batch["non_tensor_batch"]
+    bs = len(batch["index"])
+    rng = np.random.default_rng(21)
+    correct = rng.integers(0, 2, size=bs).astype(np.float64)
+    correct[[1, 7, 19]] = np.nan  # the seam's verdict of an empty response
+    ntb[CORRECT] = correct
+    ntb[ACC] = 1.0 - np.nan_to_num(correct)  # must not be used: the seam's verdict is the one
+    # what DifficultySampler.update(prompt_ids, correct) averages per prompt (finite outcomes only)
+    pid = ntb["prompt_id"]
+    known = np.isfinite(correct)
+    ids, inv = np.unique(pid[known], return_inverse=True)
+    sampler_p = dict(zip(ids.tolist(), np.bincount(inv, weights=correct[known]) / np.bincount(inv)))
+
+    # 1) the helper the estimator uses
+    gid, num_groups = groups_mod.group_ids(batch["index"], bs)
+    valid = batch["response_mask"].sum(-1) > 0
+    p, judged = pass_rates(torch.from_numpy(correct), gid, num_groups, valid)
+    for g in range(num_groups):
+        assert p[g].item() == pytest.approx(sampler_p[int(pid[gid == g][0])], abs=1e-12)
+        assert judged[g].item() == int((known & (gid == g).numpy()).sum())
+    # 2) the advantages are w(p_s) * (r - mean_s) with exactly these p_s
+    metrics_mod.pop_all()
+    adv, _ = run_dw(batch, weight="linear", beta=1.5)
+    r = batch["token_level_rewards"].double().sum(-1)
+    for i in range(bs):
+        if not valid[i]:
+            assert torch.all(adv[i] == 0)
+            continue
+        rows = [j for j in range(bs) if pid[j] == pid[i] and valid[j]]
+        expected = (1.0 + 1.5 * (1.0 - sampler_p[int(pid[i])])) * (r[i] - r[rows].mean())
+        assert per_response(adv[i:i + 1]).item() == pytest.approx(float(expected), abs=1e-5)
+    # 3) the recorded pass-rate metrics are over the same per-prompt values
+    m = metrics_mod.pop_all()
+    values = list(sampler_p.values())
+    assert m[f"{METRIC_PREFIX}weighting/pass_rate_mean"] == pytest.approx(float(np.mean(values)), abs=1e-12)
+    assert m[f"{METRIC_PREFIX}weighting/pass_rate_min"] == pytest.approx(min(values), abs=1e-12)
+    assert m[f"{METRIC_PREFIX}weighting/pass_rate_max"] == pytest.approx(max(values), abs=1e-12)
 
 
 # ======================================================================================================================
@@ -703,3 +844,40 @@ def test_group_ids_any_labels():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="uid"):
         compute_difficulty_weighted_advantage(batch["token_level_rewards"], batch["response_mask"], config=algo())
+
+
+@pytest.mark.parametrize("sum_prob", [False, True])
+def test_durian_confidence_ignores_masked_positions(sum_prob):
+    """-inf / NaN / +inf log-probs at masked positions (padding, holes) are selected out: no row breaks."""
+    batch = make_batch([4, 4, 4, 3], seed=22)
+    mask = batch["response_mask"].clone()
+    mask[2, 0] = 0  # a hole inside a response (multi-turn tool tokens are masked like this)
+    mask[5, :] = 0  # and an empty response
+    batch["response_mask"] = mask
+    clean, _ = run_durian(batch, sum_prob=sum_prob, alpha_ori=0.2, alpha_reason=0.8)
+    conf_clean = durian_mod.response_confidence(batch["old_log_probs"], mask, sum_prob=sum_prob)
+    lp = batch["old_log_probs"].clone()
+    masked = mask == 0
+    assert masked.sum() > 10
+    lp[masked] = -float("inf")
+    lp[2, 0] = float("nan")
+    lp[5, 1] = float("inf")
+    dirty = dict(batch, old_log_probs=lp)
+    adv, _ = run_durian(dirty, sum_prob=sum_prob, alpha_ori=0.2, alpha_reason=0.8)
+    assert torch.isfinite(adv).all()
+    torch.testing.assert_close(adv, clean, atol=1e-6, rtol=1e-6)
+    conf = durian_mod.response_confidence(lp, mask, sum_prob=sum_prob)
+    assert torch.isfinite(conf).all()
+    torch.testing.assert_close(conf, conf_clean, atol=1e-6, rtol=1e-6)
+    # the same rows by explicit selection, written straight from the definition
+    for i in range(len(conf)):
+        toks = [float(x) for x, k in zip(lp[i], mask[i]) if k != 0]
+        if not toks:
+            assert conf[i].item() == 0.0
+            continue
+        want = sum(math.exp(t) for t in toks) if sum_prob else sum(toks) / len(toks)
+        assert conf[i].item() == pytest.approx(want, abs=1e-5)
+    # a non-finite log-prob at a real token still is an error naming the row
+    lp[3, 0] = -float("inf") if not sum_prob else float("nan")
+    with pytest.raises(ValueError, match=r"non-finite confidence .*\[3\]"):
+        run_durian(dict(batch, old_log_probs=lp), sum_prob=sum_prob, alpha_reason=0.8)

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from verl_difficulty.estimators.difficulty_weighted import compute_difficulty_weighted_advantage
 from verl_difficulty.estimators.durian import compute_durian_advantage
-from verl_difficulty.schema import ACC, EXTRA_INFO, VISUAL_ENTROPY
+from verl_difficulty.schema import ACC, CORRECT, EXTRA_INFO, VISUAL_ENTROPY
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 T = 6
@@ -56,7 +56,7 @@ weighting_cfgs = st.fixed_dictionaries({
     "beta": st.floats(0, 5),
     "renormalize": st.booleans(),
     "keep_std": st.booleans(),
-    "correctness": st.sampled_from(["acc", "reward"]),
+    "verdict": st.sampled_from(["seam", "acc", "reward"]),  # where the per-response verdict comes from
 })
 durian_cfgs = st.fixed_dictionaries({
     "alpha_ori": st.sampled_from([0.0, 0.4, 1.0]),
@@ -68,8 +68,17 @@ durian_cfgs = st.fixed_dictionaries({
 
 
 def dw(batch, cfg):
+    """``cfg["verdict"]``: the seam's ``correct`` column (acc, NaN on empty rows), ``acc`` only, or neither (the
+    reward >= 0.5)."""
+    cfg = dict(cfg)
+    verdict = cfg.pop("verdict", "acc")
+    ntb = dict(batch["non_tensor_batch"])
+    if verdict == "seam":
+        ntb[CORRECT] = np.where(batch["response_mask"].sum(-1).numpy() > 0, ntb[ACC], np.nan)
+    elif verdict == "reward":
+        del ntb[ACC]
     config = OmegaConf.create({"difficulty": {"weighting": cfg}})
-    return compute_difficulty_weighted_advantage(config=config, **batch)[0]
+    return compute_difficulty_weighted_advantage(config=config, **dict(batch, non_tensor_batch=ntb))[0]
 
 
 def durian(batch, cfg):
@@ -137,7 +146,7 @@ def test_durian_permuting_prompts_permutes_outputs(blocks, cfg, data):
 @SETTINGS
 @given(blocks=batches(), cfg=weighting_cfgs, c=st.floats(0.01, 100))
 def test_dw_scaling_rewards_scales_advantages(blocks, cfg, c):
-    cfg = dict(cfg, correctness="acc", keep_std=False)  # correctness from acc: independent of the reward scale
+    cfg = dict(cfg, verdict="acc", keep_std=False)  # correctness from acc: independent of the reward scale
     a = dw(assemble(blocks), cfg)
     b = dw(assemble(blocks, scale=c), cfg)
     # float32 rewards: r * c is rounded once, so compare at float32 precision relative to the batch's scale

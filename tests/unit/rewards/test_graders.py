@@ -11,29 +11,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from verl_difficulty.rewards import graders as G
-from verl_difficulty.rewards.graders import (
-    GradeResult,
-    SafeGrader,
-    box_iou,
+from verl_difficulty.rewards import perception as P
+from verl_difficulty.rewards.extract import (
     check_format,
     coerce_text,
     extract_boxed,
     extract_tag,
     format_think_answer,
     format_think_boxed,
+    truncate_tail,
+)
+from verl_difficulty.rewards.math_grading import grade_math, grade_r1v, parse_choice
+from verl_difficulty.rewards.perception import (
+    box_iou,
     grade_bbox,
     grade_count,
-    grade_math,
     grade_ocr,
-    grade_r1v,
     match_boxes,
     ocr_similarity,
     parse_boxes,
-    parse_choice,
     parse_count,
-    truncate_tail,
 )
+from verl_difficulty.rewards.pool import SafeGrader
+from verl_difficulty.rewards.results import GradeResult
 from verl_difficulty.schema import ACC, FORMAT
 
 # ====================================================================================================================
@@ -315,7 +315,7 @@ def test_bbox_malformed_ground_truth_and_box_parsing():
     assert parse_boxes("[1,2,3,4]")[0] == [(1.0, 2.0, 3.0, 4.0)]
     assert parse_boxes("1 2 3 4")[0] == [(1.0, 2.0, 3.0, 4.0)]
     boxes, n = parse_boxes("[0,0,1,1]" * 500)
-    assert len(boxes) == G.MAX_BOXES and n == 500
+    assert len(boxes) == P.MAX_BOXES and n == 500
 
 
 def test_bbox_spraying_boxes_is_not_rewarded():
@@ -596,7 +596,7 @@ def _brute_force_lsa(w, maximize=True):
 
 @pytest.mark.parametrize("use_lsa", [False, True])
 def test_matching_backends_agree(monkeypatch, use_lsa):
-    monkeypatch.setattr(G, "_LSA", [_brute_force_lsa if use_lsa else None])
+    monkeypatch.setattr(P, "_LSA", [_brute_force_lsa if use_lsa else None])
     gt = [(0, 0, 10, 10), (6, 0, 16, 10), (40, 40, 50, 50)]
     pred = [(1, 0, 11, 10), (-2, 0, 6, 10), (41, 41, 50, 50), (100, 100, 110, 110)]
     pairs = match_boxes(pred, gt, 0.2)

@@ -13,14 +13,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import verl_difficulty.rewards  # noqa: F401  (registers the managers)
 from verl import DataProto
 from verl.experimental.reward_loop import RewardLoopWorker
 from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
 from verl.trainer.ppo.reward import load_reward_manager
+from verl_difficulty.config import ConfigError
 from verl_difficulty.rewards import functions
-from verl_difficulty.rewards.functions import RewardSettings, resolve_settings, settings_from_config
-from verl_difficulty.rewards.managers import (
+from verl_difficulty.rewards.config import RewardSettings, resolve_settings, settings_from_config
+from verl_difficulty.rewards.managers import (  # importing it registers the managers
     MathAccFormatRewardManager,
     PerceptionRewardManager,
     R1VAccRewardManager,
@@ -292,8 +292,21 @@ def test_settings_precedence_and_per_manager_sections(tokenizer_dir):
     assert (s.acc_weight, s.format_weight) == (0.7, 0.0)
     assert settings_from_config(make_config(tokenizer_dir), "math_acc_format") == RewardSettings(
         acc_weight=0.9, format_weight=0.1, format_style="think_boxed", require_boxed=True)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"reward_kwargs\.format_style: 'bogus' is not one of"):
         resolve_settings("math_acc_format", {"format_style": "bogus"})
+
+
+def test_a_bad_setting_fails_the_manager_at_construction_with_the_dotted_key(tokenizer_dir, tokenizer):
+    cfg = make_config(tokenizer_dir, "math_acc_format", reward_kwargs={"math_acc_format": {"acc_wieght": 0.8}})
+    with pytest.raises(ConfigError, match=r"unknown setting reward\.reward_kwargs\.math_acc_format\.acc_wieght"):
+        load_reward_manager(cfg, tokenizer)
+    cfg = make_config(tokenizer_dir, "r1v_acc", difficulty_reward={"require_boxed": "yes"})
+    with pytest.raises(ConfigError, match=r"difficulty\.reward\.require_boxed: expected true/false, got str 'yes'"):
+        load_reward_manager(cfg, tokenizer)
+    # verl's DAPO manager reads these from the same dict: allowed, ignored
+    cfg = make_config(tokenizer_dir, "r1v_acc", reward_kwargs={"overlong_buffer_cfg": {"enable": False},
+                                                               "max_resp_len": 512})
+    assert type(load_reward_manager(cfg, tokenizer)) is R1VAccRewardManager
 
 
 def test_configured_weights_and_tags_through_worker(tokenizer_dir, tokenizer):
@@ -377,7 +390,7 @@ def test_reward_loop_manager_with_ray_actors(tokenizer_dir, tokenizer):
         # the actors must import the plugin's managers: the plugin entry point does it in every process that imports
         # verl; VERL_USE_EXTERNAL_MODULES (verl's own hook) makes this test independent of the entry point
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"VERL_USE_EXTERNAL_MODULES": "verl_difficulty.rewards",
+                 runtime_env={"env_vars": {"VERL_USE_EXTERNAL_MODULES": "verl_difficulty.rewards.managers",
                                            "TOKENIZERS_PARALLELISM": "false"}})
         started = True
     try:

@@ -7,8 +7,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from verl_difficulty import schema
-from verl_difficulty.sampling.hints import DEFAULT_HINT, HintConfig, add_hint, configure_dataset_hints, install_hint_dataset
-from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
+from verl_difficulty.sampling.config import SamplerConfig
+from verl_difficulty.sampling.hints import DEFAULT_HINT, HintConfig, add_hint
+from verl_difficulty.sampling.sampler import DifficultySampler
+from verl_difficulty.seam.hint_dataset import configure_dataset_hints, install_hint_dataset
 
 SYSTEM = {"role": "system", "content": "You are careful."}
 USER = {"role": "user", "content": "<image>How many red shapes?"}
@@ -38,12 +40,12 @@ def test_add_hint_positions_and_roles():
 
 def test_hint_config_errors():
     for bad, msg in [
-        ({"template": "Look at <image> again"}, "may not contain"),
-        ({"position": "middle"}, "position"),
-        ({"role": "assistant"}, "role"),
-        ({"select": ["always"]}, "select"),
-        ({"colour": 1}, "unknown settings"),
-        ({"max_pass_rate": 2}, "max_pass_rate"),
+        ({"template": "Look at <image> again"}, r"difficulty\.hints\.template: may not contain"),
+        ({"position": "middle"}, r"difficulty\.hints\.position: 'middle' is not one of"),
+        ({"role": "assistant"}, r"difficulty\.hints\.role: 'assistant' is not one of"),
+        ({"select": ["always"]}, r"difficulty\.hints\.select\[0\]: 'always' is not one of"),
+        ({"colour": 1}, r"unknown setting difficulty\.hints\.colour; valid keys under difficulty\.hints"),
+        ({"max_pass_rate": 2}, r"difficulty\.hints\.max_pass_rate: must be <= 1\.0, got 2\.0"),
     ]:
         with pytest.raises(ValueError, match=msg):
             HintConfig.from_dict(bad)
@@ -78,7 +80,7 @@ def _dataset(assets, split="train"):
         "return_raw_chat": True, "cache_dir": str(work / "cache"), "custom_cls": {"path": None, "name": None},
     })
     install_hint_dataset(data)
-    assert data.custom_cls.path == "pkg://verl_difficulty.sampling.hints"
+    assert data.custom_cls.path == "pkg://verl_difficulty.seam.hint_dataset"
     return create_rl_dataset(str(work / "data" / f"{split}.parquet"), data, tok, proc, is_train=split == "train")
 
 
@@ -144,7 +146,7 @@ def test_online_and_stage_selection_ask_the_sampler(assets):
 
 
 def test_a_foreign_dataset_class_is_a_clear_error():
-    with pytest.raises(TypeError, match="subclass verl_difficulty.sampling.hints.DifficultyHintDataset"):
+    with pytest.raises(TypeError, match=r"subclass verl_difficulty\.seam\.hint_dataset\.DifficultyHintDataset"):
         configure_dataset_hints(object(), _cfg(), "train")
     data = OmegaConf.create({"custom_cls": {"path": "pkg://my.data", "name": "Mine"}})
     install_hint_dataset(data)

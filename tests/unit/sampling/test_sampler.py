@@ -13,8 +13,9 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from verl_difficulty import schema
-from verl_difficulty.sampling.curriculum import BandConfig, ScheduleConfig
-from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig, check_dataloader_workers, read_row_fields
+from verl_difficulty.config import defaults
+from verl_difficulty.sampling.config import BandConfig, HintConfig, SamplerConfig, ScheduleConfig
+from verl_difficulty.sampling.sampler import DifficultySampler, check_dataloader_workers, read_row_fields
 
 BUCKETS = list(schema.BUCKETS)
 YAML = Path(__file__).resolve().parents[3] / "verl_difficulty" / "config" / "difficulty.yaml"
@@ -78,7 +79,7 @@ def test_beta_posterior_update_by_hand():
     assert s.pass_rate()[0] == pytest.approx(5 / 8)
     assert s.pass_rate()[1] == pytest.approx(1 / 3)  # Beta(1,1) + one failure -> Beta(1,2)
     assert s.pass_rate()[2] == pytest.approx(0.5)
-    assert s.unknown_ids == 1
+    assert s.tracker.unknown == 1
     m = s.metrics()
     assert m["difficulty/sampler/prompts_seen"] == 2
     assert m["difficulty/sampler/unknown_prompt_ids"] == 1
@@ -107,7 +108,7 @@ def test_update_step_drives_the_schedule_step():
 def test_rows_of_dense_and_sparse_ids(ids):
     ids = np.random.default_rng(0).permutation(ids)
     s = DifficultySampler(ids, None, SamplerConfig(enable=True))
-    assert (s._dense is not None) == (int(ids.max() - ids.min()) < 10**6)
+    assert (s.rows._dense is not None) == (int(ids.max() - ids.min()) < 10**6)
     q = np.concatenate([ids[[3, 0, 49]], [ids.max() + 1, ids.min() - 1]])
     assert s.rows_of(q).tolist() == [3, 0, 49, -1, -1]
 
@@ -148,7 +149,7 @@ def test_stratified_mix_proportions_hold(replacement):
         assert len(set(batch.tolist())) == b  # no prompt twice in a batch
     s.update(s.prompt_ids[drawn[-b:]], np.ones(b), step=200)
     m = s.metrics()
-    assert m["curriculum/mix/medium"] == pytest.approx(0.5)
+    assert m["difficulty/curriculum/mix/medium"] == pytest.approx(0.5)
 
 
 def test_stratified_without_replacement_visits_each_row_of_a_bucket_once_per_pass():
@@ -183,8 +184,8 @@ def test_linear_schedule_moves_the_mix():
         m = s.metrics()
         fracs.append(m["difficulty/sampler/batch_frac/hard"])
         f = min(1.0, (step - 1) / 10)
-        assert m["curriculum/mix/hard"] == pytest.approx(f)
-        assert m["curriculum/step"] == step
+        assert m["difficulty/curriculum/mix/hard"] == pytest.approx(f)
+        assert m["difficulty/curriculum/step"] == step
     assert fracs[0] == 0.0 and fracs[-1] == 1.0
     assert fracs[5] == pytest.approx(0.5, abs=0.1)
     assert all(b >= a - 0.11 for a, b in zip(fracs, fracs[1:]))  # moves monotonically (up to rounding)
@@ -219,7 +220,7 @@ def test_two_stage_schedule_switches_at_the_step():
         batch = _draw(s, 4)
         s.update(s.prompt_ids[batch], _outcome(batch, step), step=step)
         m = s.metrics()
-        seen.append((m["curriculum/stage"], {buckets[i] for i in batch}))
+        seen.append((m["difficulty/curriculum/stage"], {buckets[i] for i in batch}))
     assert seen[:3] == [(1.0, {"medium"})] * 3
     assert seen[3:] == [(2.0, {"hard"})] * 3
 
@@ -238,7 +239,7 @@ def test_step_schedule_phases_and_band_override():
         batch = _draw(s, 4)
         s.update(s.prompt_ids[batch], _outcome(batch, step), step=step)
         m = s.metrics()
-        got.append((m["curriculum/stage"], sorted({buckets[i] for i in batch}), m.get("curriculum/band_low")))
+        got.append((m["difficulty/curriculum/stage"], sorted({buckets[i] for i in batch}), m.get("difficulty/curriculum/band_low")))
     assert got[0] == (0.0, ["easy"], None) and got[1] == (0.0, ["easy"], None)  # before the first phase: base
     assert got[2] == (1.0, ["medium"], None)
     assert got[4] == (2.0, ["easy"], 0.2)  # phase 2 sets only the band: the mix is the base mix
@@ -272,12 +273,12 @@ def test_adaptive_target_follows_batch_accuracy():
     s = _sampler(40, batch_size=4, mode="target", target=0.5, schedule={"type": "adaptive", "eta": 0.1})
     batch = _draw(s, 4)
     s.update(s.prompt_ids[np.repeat(batch, 2)], np.ones(8), step=1)  # all correct -> harder (lower target)
-    assert s.target_state == pytest.approx(0.5 - 0.1 * np.tanh(2 * 0.5))
-    assert s.metrics()["curriculum/target_pass_rate"] == 0.5  # the target the batch was drawn with
+    assert s.curriculum.target_state == pytest.approx(0.5 - 0.1 * np.tanh(2 * 0.5))
+    assert s.metrics()["difficulty/curriculum/target_pass_rate"] == 0.5  # the target the batch was drawn with
     _draw(s, 4)
     s.update(s.prompt_ids[batch], np.zeros(4), step=2)
-    assert s.metrics()["curriculum/target_pass_rate"] == pytest.approx(0.5 - 0.1 * np.tanh(1.0))
-    assert s.target_state == pytest.approx(0.5 - 0.1 * np.tanh(1.0) + 0.1 * np.tanh(1.0))
+    assert s.metrics()["difficulty/curriculum/target_pass_rate"] == pytest.approx(0.5 - 0.1 * np.tanh(1.0))
+    assert s.curriculum.target_state == pytest.approx(0.5 - 0.1 * np.tanh(1.0) + 0.1 * np.tanh(1.0))
 
 
 def test_linear_target_schedule():
@@ -286,7 +287,7 @@ def test_linear_target_schedule():
     for step in range(1, 7):
         batch = _draw(s, 4)
         s.update(s.prompt_ids[batch], _outcome(batch, step), step=step)
-        assert s.metrics()["curriculum/target_pass_rate"] == pytest.approx(0.8 - 0.1 * min(step - 1, 4))
+        assert s.metrics()["difficulty/curriculum/target_pass_rate"] == pytest.approx(0.8 - 0.1 * min(step - 1, 4))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def test_band_pass_skips_out_of_band_prompts():
     assert max(drawn) < 10  # never an out-of-band prompt
     assert m["difficulty/sampler/bandpass_skipped_total"] >= 10
     assert m["difficulty/sampler/bandpass_out_of_band"] == 10
-    assert m["curriculum/band_low"] == 0.2 and m["curriculum/band_high"] == 0.8
+    assert m["difficulty/curriculum/band_low"] == 0.2 and m["difficulty/curriculum/band_high"] == 0.8
 
 
 def test_band_pass_readmits_after_the_configured_steps():
@@ -329,7 +330,7 @@ def test_band_pass_readmits_after_the_configured_steps():
 def test_band_pass_fallback_fills_batches_and_is_logged(caplog):
     priors = np.linspace(0.0, 0.1, 12)  # every prompt below the band
     s = _sampler(12, priors=priors, batch_size=4, prior_strength=1000.0, band={"enable": True, "low": 0.5, "high": 1})
-    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.sampler"):
+    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.drawing"):
         batch = _draw(s, 4)
     assert len(batch) == 4
     assert sorted(batch) == [8, 9, 10, 11]  # nearest to the band first
@@ -414,9 +415,9 @@ def test_bad_rows_can_be_skipped_and_counted(caplog):
     rows[5]["extra_info"]["difficulty_bucket"] = None
     cfg = SamplerConfig.from_dict({"enable": True, "mode": "stratified", "mix": {"medium": 1, "hard": 1},
                                    "on_bad_row": "skip"})
-    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.sampler"):
+    with caplog.at_level(logging.WARNING, logger="verl_difficulty.sampling.rows"):
         s = DifficultySampler.from_dataset(_DS(_frame(rows)), cfg, batch_size=2)
-    assert s.bad_rows == 2 and "dataset row 1" in caplog.text
+    assert s.rows.bad_rows == 2 and "dataset row 1" in caplog.text
     drawn = _draw(s, 40)
     assert 1 not in drawn and 5 not in drawn
     s.update([0], [1], step=1)
@@ -447,16 +448,16 @@ def test_arrow_path_respects_selected_rows_and_flat_columns():
 
 def test_bad_config_is_a_clear_error():
     bad = [
-        ({"mixx": 1}, "unknown settings"),
-        ({"mode": "curriculum"}, "mode"),
-        ({"band": {"enable": True, "low": 0.9, "high": 0.1}}, "low 0.9 > high 0.1"),
-        ({"band": {"lowx": 0.1}}, r"band: unknown settings \['lowx'\]"),
-        ({"band": {"fallback": "skip"}}, "fallback"),
-        ({"schedule": {"type": "cosine"}}, "schedule.type"),
-        ({"schedule": {"kind": "linear"}}, r"schedule: unknown settings \['kind'\]"),
-        ({"target": 1.5}, r"target: 1.5 outside"),
-        ({"estimator": "mean"}, "estimator"),
-        ({"include_buckets": ["hardest"]}, "unknown buckets"),
+        ({"mixx": 1}, r"unknown setting difficulty\.sampler\.mixx; valid keys under difficulty\.sampler"),
+        ({"mode": "curriculum"}, r"difficulty\.sampler\.mode: 'curriculum' is not one of"),
+        ({"band": {"enable": True, "low": 0.9, "high": 0.1}}, r"difficulty\.sampler\.band: low 0\.9 > high 0\.1"),
+        ({"band": {"lowx": 0.1}}, r"unknown setting difficulty\.sampler\.band\.lowx"),
+        ({"band": {"fallback": "skip"}}, r"difficulty\.sampler\.band\.fallback: 'skip' is not one of"),
+        ({"schedule": {"type": "cosine"}}, r"difficulty\.sampler\.schedule\.type: 'cosine' is not one of"),
+        ({"schedule": {"kind": "linear"}}, r"unknown setting difficulty\.sampler\.schedule\.kind"),
+        ({"target": 1.5}, r"difficulty\.sampler\.target: must be <= 1\.0, got 1\.5"),
+        ({"estimator": "mean"}, r"difficulty\.sampler\.estimator: 'mean' is not one of"),
+        ({"include_buckets": ["hardest"]}, r"difficulty\.sampler\.include_buckets: unknown buckets \['hardest'\]"),
     ]
     for cfg, msg in bad:
         with pytest.raises(ValueError, match=msg):
@@ -474,7 +475,8 @@ def test_bad_config_is_a_clear_error():
         ({"mode": "stratified", "mix": {"hard": 1},
           "schedule": {"type": "step", "phases": [{"start_step": 3}, {"start_step": 2}]}}, "not after"),
         ({"mode": "stratified", "mix": {"hard": 1},
-          "schedule": {"type": "step", "phases": [{"start_step": 1, "mixx": {}}]}}, r"phases\[0\]: unknown"),
+          "schedule": {"type": "step", "phases": [{"start_step": 1, "mixx": {}}]}},
+         r"unknown setting difficulty\.sampler\.schedule\.phases\[0\]\.mixx"),
         ({"mode": "stratified", "mix": {"unsolved": 1}}, "bucket 'unsolved' weight 1 but no dataset row"),
     ]
     for cfg, msg in build_errors:
@@ -485,11 +487,10 @@ def test_bad_config_is_a_clear_error():
 def test_yaml_defaults_match_the_dataclasses():
     import yaml
 
-    from verl_difficulty.sampling.hints import HintConfig
-
     section = yaml.safe_load(YAML.read_text())
-    assert SamplerConfig.from_dict(section["sampler"]) == SamplerConfig().validate()
-    assert HintConfig.from_dict(section["hints"]) == HintConfig().validate()
+    assert section["sampler"] == defaults(SamplerConfig) and section["hints"] == defaults(HintConfig)
+    assert SamplerConfig.from_dict(section["sampler"]) == SamplerConfig()
+    assert HintConfig.from_dict(section["hints"]) == HintConfig()
     assert BandConfig.from_dict(section["sampler"]["band"]) == BandConfig()
     assert ScheduleConfig.from_dict(section["sampler"]["schedule"]) == ScheduleConfig()
 
@@ -506,7 +507,7 @@ def test_seam_config_reads_the_sampler_section():
 
     c = SeamConfig.from_config({"sampler": {"enable": True, "mode": "target", "band": {"enable": True}}})
     assert c.sampler.mode == "target" and c.sampler.band.enable
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(ValueError, match=r"unknown setting difficulty\.sampler\.modes"):
         SeamConfig.from_config({"sampler": {"modes": "target"}})
 
 
@@ -581,8 +582,8 @@ def test_exact_resume_through_stateful_dataloader(name, save_at):
     head, state, _ = _train(cfg, save_at, save_at=save_at)
     tail, _, s_res = _train(cfg, 16, state=state, first_step=save_at + 1)
     assert head + tail == full
-    for key in ("est", "seen", "banned_until"):
-        assert np.array_equal(getattr(s_full, key), getattr(s_res, key)), key
+    for part, key in (("tracker", "est"), ("tracker", "seen"), ("drawer", "banned_until")):
+        assert np.array_equal(getattr(getattr(s_full, part), key), getattr(getattr(s_res, part), key)), key
     assert s_full.metrics() == s_res.metrics()
 
 
@@ -652,7 +653,6 @@ def test_every_mode_is_selectable_from_the_recipe():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from verl_difficulty.sampling.hints import HintConfig
     from verl_difficulty.seam.trainer import SeamConfig
 
     with initialize_config_dir(config_dir=str(RECIPE_DIR), version_base=None):
@@ -665,7 +665,7 @@ def test_every_mode_is_selectable_from_the_recipe():
             s = DifficultySampler(np.arange(40), None, seam.sampler, buckets=_cycled(40), batch_size=4)
             batch = _draw(s, 4)
             s.update(s.prompt_ids[batch], np.ones(4), step=1)
-            assert "curriculum/stage" in s.metrics(), name
+            assert "difficulty/curriculum/stage" in s.metrics(), name
         bad = compose("grpo_tiny_vl", overrides=["+difficulty.sampler.band.lo=0.2"])  # hydra needs +; we still refuse
-        with pytest.raises(ValueError, match=r"band: unknown settings \['lo'\]"):
+        with pytest.raises(ValueError, match=r"unknown setting difficulty\.sampler\.band\.lo;"):
             SeamConfig.from_config(OmegaConf.to_container(bad.difficulty, resolve=True))

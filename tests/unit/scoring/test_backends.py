@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -9,9 +10,11 @@ import pytest
 
 from verl_difficulty.data.synthetic import generate_rows
 from verl_difficulty.schema import NUM_CORRECT, PASS_K, PASS_RATE
-from verl_difficulty.scoring.base import GenerationRequest, SamplingParams, ScoringContext, derive_seed
-from verl_difficulty.scoring.passk import PassKScorer
-from verl_difficulty.scoring.rows import prepare_row
+from verl_difficulty.data.rows import prepare_row
+from verl_difficulty.models.generation import SamplingConfig
+from verl_difficulty.scoring.context import ScoringContext
+from verl_difficulty.scoring.scorer import derive_seed
+from verl_difficulty.scoring.scorers.passk import PassKScorer
 from verl_difficulty.scoring.scripted import ScriptedBackend, ScriptedVerifier
 
 
@@ -36,7 +39,7 @@ def test_derive_seed_is_stable_and_keyed():
               derive_seed(0, 5, "passk", 1, 3), derive_seed(0, 5, "passk", 0, 4)}
     assert s not in others and len(others) == 5
     # a fixed value: seeds must not change across versions/processes (resume across upgrades)
-    code = "from verl_difficulty.scoring.base import derive_seed; print(derive_seed(0, 5, 'passk', 0, 3))"
+    code = "from verl_difficulty.scoring.scorer import derive_seed; print(derive_seed(0, 5, 'passk', 0, 3))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert int(out) == s
 
@@ -47,23 +50,23 @@ def test_per_request_seeds_make_batches_irrelevant(backend, rows):
     for r in rows[:5]:
         prompt = backend.prepare(r.messages, r.images)
         for j in range(2):
-            reqs.append(GenerationRequest(prompt, r.images, derive_seed(0, r.row_id, "t", 0, j)))
-    sp = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=6)
+            reqs.append(prompt.request(r.images, derive_seed(0, r.row_id, "t", 0, j)))
+    sp = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6)
     batched = backend.generate(reqs, sp)
     single = [backend.generate([q], sp)[0] for q in reqs]
     rev = backend.generate(reqs[::-1], sp)[::-1]
     texts = [g.text for g in batched]
     assert texts == [g.text for g in single] == [g.text for g in rev]
     assert len(set(texts)) > 1  # sampling happened and differs by seed
-    again = backend.generate([GenerationRequest(q.prompt, q.images, q.seed + 1) for q in reqs], sp)
+    again = backend.generate([dataclasses.replace(q, seed=q.seed + 1) for q in reqs], sp)
     assert [g.text for g in again] != texts
 
 
 def test_greedy_and_text_only_requests(backend, rows):
     r = rows[0]
-    sp = SamplingParams(temperature=0.0, max_tokens=4)
-    img = GenerationRequest(backend.prepare(r.messages, r.images), r.images, 1)
-    txt = GenerationRequest(backend.prepare(r.text_messages, None), None, 2)
+    sp = SamplingConfig(temperature=0.0, max_new_tokens=4)
+    img = backend.prepare(r.messages, r.images).request(r.images, 1)
+    txt = backend.prepare(r.text_messages, None).request(None, 2)
     out = backend.generate([img, txt], sp)
     assert [g.text for g in out] == [backend.generate([q], sp)[0].text for q in (img, txt)]
     assert all(g.num_tokens <= 4 for g in out)

@@ -9,9 +9,9 @@ import pytest
 
 from verl_difficulty.data.synthetic import DEFAULT_SYSTEM_PROMPT, generate_rows
 from verl_difficulty.schema import CDE_ACC_IMG, CDE_ACC_TXT, CDE_D, CDE_ROLLOUTS
-from verl_difficulty.scoring.base import ScoringContext
-from verl_difficulty.scoring.cde import CdeScorer
-from verl_difficulty.scoring.rows import build_messages, prepare_row
+from verl_difficulty.data.rows import build_messages, prepare_row
+from verl_difficulty.scoring.context import ScoringContext
+from verl_difficulty.scoring.scorers.cde import CdeScorer
 from verl_difficulty.scoring.scripted import ScriptedBackend, ScriptedVerifier
 
 
@@ -27,7 +27,7 @@ def test_cde_on_a_scripted_model(rows):
     seen_images = []
 
     def outcome(tag, req):
-        seen_images.append((tag["arm"], bool(req.images), req.prompt.num_images))
+        seen_images.append((tag["arm"], bool(req.images), req.text.count("<image>")))  # images in the prompt
         limit = a[tag["row"]] if tag["arm"] == 0 else b[tag["row"]]
         return tag["try"] < limit
 

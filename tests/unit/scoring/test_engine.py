@@ -27,8 +27,9 @@ from verl_difficulty.schema import (
     PROMPT_ID,
     SCORE_PROVENANCE,
 )
-from verl_difficulty.scoring.engine import OutputDir, ScoreJob, run_scoring
+from verl_difficulty.scoring import ScoreJob, run_scoring
 from verl_difficulty.scoring.scripted import ScriptedBackend, ScriptedVerifier
+from verl_difficulty.scoring.store import OutputDir
 
 SCORERS = {"passk": {"k": 3, "max_tokens": 4}, "pism": {"max_tokens": 4}, "cde": {"m": 2, "max_tokens": 4}}
 HASH_VERIFIER = {"name": "scripted", "mode": "hash", "rate": 0.15}

@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from verl_difficulty.schema import PISM_BUCKET, PISM_LAMBDA, PISM_PASS, PISM_TRIES
-from verl_difficulty.scoring.base import ScoringContext, ScoringRow
-from verl_difficulty.scoring.pism import (
+from verl_difficulty.config import ConfigError, parse
+from verl_difficulty.data.rows import ScoringRow
+from verl_difficulty.scoring.context import ScoringContext
+from verl_difficulty.scoring.scorers.pism import (
     PismParams,
     PismScorer,
     lambda_star,
@@ -254,11 +256,15 @@ def test_scorer_fails_rows_without_image_and_generation_errors_only():
 
 
 def test_params_validation():
-    with pytest.raises(ValueError):
-        PismParams(ratios=(0.1, 0.2))
-    with pytest.raises(ValueError):
-        PismParams(ratios=(0.0, 0.3, 0.2))
-    with pytest.raises(ValueError):
-        PismParams(mode="blur")
-    with pytest.raises(ValueError):
-        PismParams(at_medium_max="hard")
+    with pytest.raises(ValueError, match="pism.ratios"):
+        parse(PismParams, {"ratios": (0.1, 0.2)}, "pism")
+    with pytest.raises(ValueError, match="pism.ratios"):
+        parse(PismParams, {"ratios": (0.0, 0.3, 0.2)}, "pism")
+    with pytest.raises(ValueError, match="pism.mode"):
+        parse(PismParams, {"mode": "blur"}, "pism")
+    with pytest.raises(ValueError, match="pism.at_medium_max"):
+        parse(PismParams, {"at_medium_max": "hard"}, "pism")
+    for bad in ({"ratios": (0.0, float("nan"))}, {"ratios": (0.0, 1.0)}, {"temperature": -0.1}, {"top_p": 0.0},
+                {"top_p": 1.5}, {"temperature": float("inf")}, {"k": 0}, {"hard_max": 0.8}):
+        with pytest.raises(ConfigError, match="pism[.]"):
+            PismScorer(**bad)

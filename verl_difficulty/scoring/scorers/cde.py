@@ -16,41 +16,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from verl_difficulty.config import setting
 from verl_difficulty.schema import CDE_ACC_IMG, CDE_ACC_TXT, CDE_D, CDE_ROLLOUTS
-from verl_difficulty.scoring.base import (
-    GenerationRequest,
-    RowFailure,
-    SamplingParams,
-    Scorer,
-    ScoringContext,
-    ScoringRow,
-    derive_seed,
-)
+from verl_difficulty.scoring.registry import register_scorer
+from verl_difficulty.scoring.scorer import RolloutParams, Scorer
 
 ARM_IMAGE, ARM_TEXT = 0, 1
 
 
 @dataclass
-class CdeParams:
-    m: int = 5
-    """Rollouts per arm."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 1024
+class CdeParams(RolloutParams):
+    """temperature 1.0 (P4), top-p 1.0, 1024 tokens and:"""
 
-    def __post_init__(self):
-        if self.m < 1 or self.max_tokens < 1:
-            raise ValueError("cde: m and max_tokens must be >= 1")
+    m: int = setting(5, ge=1, source="P4", help="rollouts per arm")
 
 
+@register_scorer
 class CdeScorer(Scorer):
     """acc with the image, acc without it, their difference D (needs at least one image per row)."""
 
     name = "cde"
     version = "1"
+    title = "P4 causal discrepancy (with vs without the image)"
+    Params = CdeParams
     requires_image = True
-
-    params_cls = CdeParams
 
     def fields(self):
         import pyarrow as pa
@@ -58,35 +47,19 @@ class CdeScorer(Scorer):
         return [(CDE_ACC_IMG, pa.float64()), (CDE_ACC_TXT, pa.float64()), (CDE_D, pa.float64()),
                 (CDE_ROLLOUTS, pa.int64())]
 
-    def score(self, rows: Sequence[ScoringRow], ctx: ScoringContext) -> list:
-        sampling = SamplingParams(temperature=self.p.temperature, top_p=self.p.top_p, max_tokens=self.p.max_tokens)
-        out: list = [None] * len(rows)
+    def score(self, rows: Sequence, ctx) -> list:
+        out, prompts = self.prompts(rows, ctx, variants=(True, False))
         requests, keys = [], []
-        for i, row in enumerate(rows):
-            if not row.images:
-                out[i] = RowFailure("cde: the row has no image")
-                continue
-            try:
-                prompts = {ARM_IMAGE: ctx.prompt(row, with_images=True), ARM_TEXT: ctx.prompt(row, with_images=False)}
-            except Exception as e:  # noqa: BLE001
-                out[i] = RowFailure(f"cde: prompt failed: {type(e).__name__}: {e}")
-                continue
+        for i, arm_prompts in prompts.items():
+            row = rows[i]
             for arm in (ARM_IMAGE, ARM_TEXT):
                 images = row.images if arm == ARM_IMAGE else None
                 for j in range(self.p.m):
-                    seed = derive_seed(ctx.seed, row.row_id, self.name, arm, j)
-                    requests.append(GenerationRequest(prompts[arm], images, seed,
-                                                      {"scorer": self.name, "row": row.row_id, "arm": arm, "try": j}))
+                    requests.append(self.request(ctx, row, arm_prompts[arm], images, arm, j, arm=arm, **{"try": j}))
                     keys.append((i, arm))
-        gens = ctx.generate(requests, sampling)
-        ok = ctx.verify(gens, [rows[i] for i, _ in keys])
         correct = {(i, a): 0 for i in range(len(rows)) for a in (ARM_IMAGE, ARM_TEXT)}
-        for (i, arm), g, v in zip(keys, gens, ok):
-            if isinstance(g, Exception):
-                if out[i] is None:
-                    out[i] = RowFailure(f"cde: {g}")
-                continue
-            correct[(i, arm)] += int(v)
+        for key, ok in self.rollouts(ctx, rows, requests, keys, out):
+            correct[key] += int(ok)
         for i in range(len(rows)):
             if out[i] is None:
                 acc_img = correct[(i, ARM_IMAGE)] / self.p.m
@@ -94,3 +67,11 @@ class CdeScorer(Scorer):
                 out[i] = {CDE_ACC_IMG: acc_img, CDE_ACC_TXT: acc_txt, CDE_D: acc_img - acc_txt,
                           CDE_ROLLOUTS: self.p.m}
         return out
+
+    def summarize(self, table) -> dict:
+        import numpy as np
+
+        d = np.asarray(table.column(CDE_D).to_pylist(), dtype=float)
+        return {"mean_acc_img": float(np.mean(table.column(CDE_ACC_IMG).to_pylist())),
+                "mean_acc_txt": float(np.mean(table.column(CDE_ACC_TXT).to_pylist())),
+                "mean_D": float(d.mean()), "D_ge_0.5": int((d >= 0.5).sum())}

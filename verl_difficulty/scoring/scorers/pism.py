@@ -33,23 +33,17 @@ Writes :data:`~verl_difficulty.schema.PISM_LAMBDA`, :data:`~verl_difficulty.sche
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from verl_difficulty.config import ConfigError, setting
+from verl_difficulty.data.rows import RowFailure
 from verl_difficulty.schema import PISM_BUCKET, PISM_LAMBDA, PISM_PASS, PISM_TRIES
-from verl_difficulty.scoring.base import (
-    GenerationRequest,
-    RowFailure,
-    SamplingParams,
-    Scorer,
-    ScoringContext,
-    ScoringRow,
-    derive_seed,
-    ratio_key,
-    seed_sequence,
-)
+from verl_difficulty.scoring.registry import register_scorer
+from verl_difficulty.scoring.scorer import RolloutParams, Scorer, ratio_key, seed_sequence
 
 MASK_MODES = ("rect", "pixel")
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(10))
@@ -141,48 +135,37 @@ def pism_bucket(lam: Optional[float], hard_max: float = 0.4, medium_max: float =
 
 
 @dataclass
-class PismParams:
-    mode: str = "rect"
-    """``rect`` (reference code) or ``pixel`` (paper text)."""
-    ratios: tuple = DEFAULT_RATIOS
-    """Mask ratios, ascending, starting at 0.0."""
-    k: int = 10
-    """Masked versions (tries) per ratio."""
-    tau: float = 0.1
-    """P_c(lambda) < tau means failed."""
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    early_exit: bool = True
-    """Decide a ratio as soon as its outcome is certain (exact). False: all K tries, exact P_c in the pass vector."""
-    scan_all: bool = False
-    """Also try the ratios above lambda* (non-monotone analysis)."""
-    hard_max: float = 0.4
-    medium_max: float = 0.7
-    at_medium_max: str = "easy"
-    """Bucket of lambda* == medium_max: ``easy`` (paper text) or ``medium`` (paper appendix table)."""
-    fill: tuple = (0, 0, 0)
-    tries_per_round: int = 1
-    """Tries issued per row per generation round (> 1 speculates past the first success: fewer, larger batches for
-    vLLM, more generations; the values do not change)."""
+class PismParams(RolloutParams):
+    """Decoding as the reference code (temperature 0.7, 1024 tokens) and:"""
 
-    def __post_init__(self):
-        self.ratios = tuple(float(r) for r in self.ratios)
-        self.fill = tuple(int(c) for c in self.fill)
-        if self.mode not in MASK_MODES:
-            raise ValueError(f"pism: mode must be one of {MASK_MODES}, got {self.mode!r}")
+    temperature: float = setting(0.7, ge=0.0, source="P1 reference code", help="sampling temperature (0 = greedy)")
+    mode: str = setting("rect", choices=MASK_MODES, source="P1 reference code",
+                        help="rect = one black rectangle of sqrt(ratio)-scaled sides (reference code); pixel = that "
+                        "fraction of random pixels (paper text)")
+    ratios: tuple[float, ...] = setting(DEFAULT_RATIOS, ge=0.0, lt=1.0, source="P1",
+                                        help="mask ratios, strictly ascending in [0, 1), starting at 0.0")
+    k: int = setting(10, ge=1, source="P1", help="masked versions (tries) per ratio")
+    tau: float = setting(0.1, gt=0.0, le=1.0, source="P1", help="a ratio fails if P_c(ratio) < tau")
+    early_exit: bool = setting(True, help="decide a ratio as soon as its outcome is certain (exact); off: all K tries "
+                               "at every tried ratio, exact P_c in the pass vector (costs more)")
+    scan_all: bool = setting(False, help="also try the ratios above lambda* (non-monotone analysis; costs more)")
+    hard_max: float = setting(0.4, ge=0.0, le=1.0, source="P1", help="hard if lambda* <= this")
+    medium_max: float = setting(0.7, ge=0.0, le=1.0, source="P1", help="medium if lambda* < this")
+    at_medium_max: str = setting("easy", choices=("easy", "medium"), source="P1",
+                                 help="bucket of lambda* == medium_max: easy (paper text) or medium (appendix table)")
+    fill: tuple[int, int, int] = setting((0, 0, 0), ge=0, le=255, help="RGB colour of the masked pixels")
+    tries_per_round: int = setting(1, ge=1, help="tries per row per generation round; > 1 speculates past the first "
+                                   "success (fewer, larger batches, more generations; the values do not change)")
+
+    def check(self, where: str) -> None:
         if not self.ratios or abs(self.ratios[0]) > _EPS:
-            raise ValueError("pism: ratios must start at 0.0 (the unmasked image decides 'unsolved')")
-        if any(b <= a for a, b in zip(self.ratios, self.ratios[1:])) or self.ratios[-1] >= 1.0:
-            raise ValueError("pism: ratios must be strictly ascending in [0, 1)")
-        if self.k < 1 or self.max_tokens < 1 or self.tries_per_round < 1:
-            raise ValueError("pism: k, max_tokens and tries_per_round must be >= 1")
-        if not 0.0 < self.tau <= 1.0:
-            raise ValueError("pism: tau must be in (0, 1]")
-        if self.at_medium_max not in ("easy", "medium"):
-            raise ValueError("pism: at_medium_max must be 'easy' or 'medium'")
+            raise ConfigError(f"{where}.ratios: must start at 0.0 (the unmasked image decides 'unsolved'), got "
+                              f"{list(self.ratios)}")
+        if any(b <= a for a, b in zip(self.ratios, self.ratios[1:])):
+            raise ConfigError(f"{where}.ratios: must be strictly ascending, got {list(self.ratios)}")
         if not self.hard_max < self.medium_max:
-            raise ValueError("pism: hard_max must be < medium_max")
+            raise ConfigError(f"{where}.hard_max: must be < {where}.medium_max, got {self.hard_max} >= "
+                              f"{self.medium_max}")
 
 
 @dataclass
@@ -303,20 +286,15 @@ def run_procedure(outcome: Callable[[int, int], bool], params: Optional[PismPara
 # ----------------------------------------------------------------------------------------------------------------
 # The scorer
 # ----------------------------------------------------------------------------------------------------------------
+@register_scorer
 class PismScorer(Scorer):
     """P1 PISM: lambda*, pass vector, tries, bucket (needs at least one image per row)."""
 
     name = "pism"
     version = "1"
+    title = "P1 progressive image semantic masking"
+    Params = PismParams
     requires_image = True
-
-    params_cls = PismParams
-
-    def params(self) -> dict:
-        d = asdict(self.p)
-        d["ratios"] = list(self.p.ratios)
-        d["fill"] = list(self.p.fill)
-        return d
 
     def fields(self):
         import pyarrow as pa
@@ -324,21 +302,9 @@ class PismScorer(Scorer):
         return [(PISM_LAMBDA, pa.float64()), (PISM_PASS, pa.list_(pa.float64())), (PISM_TRIES, pa.list_(pa.int64())),
                 (PISM_BUCKET, pa.string())]
 
-    def score(self, rows: Sequence[ScoringRow], ctx: ScoringContext) -> list:
-        sampling = SamplingParams(temperature=self.p.temperature, top_p=self.p.top_p, max_tokens=self.p.max_tokens)
-        out: list = [None] * len(rows)
-        states: dict[int, PismState] = {}
-        prompts = {}
-        for i, row in enumerate(rows):
-            if not row.images:
-                out[i] = RowFailure("pism: the row has no image")
-                continue
-            try:
-                prompts[i] = ctx.prompt(row, with_images=True)
-            except Exception as e:  # noqa: BLE001
-                out[i] = RowFailure(f"pism: prompt failed: {type(e).__name__}: {e}")
-                continue
-            states[i] = PismState(self.p)
+    def score(self, rows: Sequence, ctx) -> list:
+        out, prompts = self.prompts(rows, ctx)
+        states = {i: PismState(self.p) for i in prompts}
         while True:
             requests, keys = [], []
             for i, st in states.items():
@@ -353,23 +319,19 @@ class PismScorer(Scorer):
                     except Exception as e:  # noqa: BLE001
                         out[i] = RowFailure(f"pism: masking failed: {type(e).__name__}: {e}")
                         break
-                    seed = derive_seed(ctx.seed, row.row_id, self.name, ratio_key(ratio), t)
-                    requests.append(GenerationRequest(prompts[i], images, seed,
-                                                      {"scorer": self.name, "row": row.row_id, "ratio": ratio,
-                                                       "ratio_index": r, "try": t}))
+                    requests.append(self.request(ctx, row, prompts[i][0], images, ratio_key(ratio), t, ratio=ratio,
+                                                 ratio_index=r, **{"try": t}))
                     keys.append((i, r, t))
             if not requests:
                 break
-            gens = ctx.generate(requests, sampling)
-            ok = ctx.verify(gens, [rows[i] for i, _, _ in keys])
-            for (i, r, t), g, v in zip(keys, gens, ok):
-                if out[i] is not None:
-                    continue
-                if isinstance(g, Exception):
-                    out[i] = RowFailure(f"pism: {g}")
-                    continue
-                states[i].record(r, t, v)
+            for (i, r, t), ok in self.rollouts(ctx, rows, requests, keys, out):
+                states[i].record(r, t, ok)
         for i, st in states.items():
             if out[i] is None:
                 out[i] = st.result()
         return out
+
+    def summarize(self, table) -> dict:
+        buckets = Counter(table.column(PISM_BUCKET).to_pylist())
+        lam = Counter("never" if v is None else f"{v:.1f}" for v in table.column(PISM_LAMBDA).to_pylist())
+        return {"buckets": dict(sorted(buckets.items())), "lambda_star": dict(sorted(lam.items()))}

@@ -1,0 +1,128 @@
+"""Tests of the group math shared by the estimators (``verl_difficulty.estimators.groups``)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from verl_difficulty.estimators import groups as G
+
+
+def _ragged_batch(bs=23, T=17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(bs, T, generator=g) > 0.35).float()  # holes anywhere, not only right padding
+    mask[3] = 0  # an empty response
+    tlr = torch.randn(bs, T, generator=g)
+    lp = -torch.rand(bs, T, generator=g) * 3
+    lp[mask == 0] = -float("inf")  # padding log-probs need not be finite
+    return tlr, mask, lp
+
+
+def _selected(lp, mask, exp):
+    x = torch.exp(lp.double()) if exp else lp.double()
+    return torch.stack([x[i][mask[i] != 0].sum() for i in range(len(x))])
+
+
+@pytest.mark.parametrize("block_bytes", [4 * 17, 4 * 17 * 5, 1 << 20])  # 1 row, 5 rows, one block
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.float64, torch.int64, torch.bool])
+@pytest.mark.parametrize("exp", [False, True])
+def test_row_sums_any_block_size_and_mask_dtype(monkeypatch, block_bytes, mask_dtype, exp):
+    monkeypatch.setattr(G, "BLOCK_BYTES", block_bytes)
+    tlr, mask, lp = _ragged_batch()
+    m = mask.to(mask_dtype)
+    before = m.clone()
+    s = G.row_sums(m, tlr, lp, exp_log_probs=exp, dtype=torch.float32)
+    assert torch.equal(m, before)  # the caller's mask is never modified
+    torch.testing.assert_close(s.scores.double(), tlr.double().sum(-1), atol=1e-5, rtol=1e-5)
+    assert s.lengths.tolist() == mask.sum(-1).tolist()
+    assert s.valid.tolist() == (mask.sum(-1) > 0).tolist() and not s.valid[3]
+    assert torch.isfinite(s.log_prob_sum).all()
+    torch.testing.assert_close(s.log_prob_sum.double(), _selected(lp, mask, exp), atol=1e-5, rtol=1e-5)
+
+
+def test_row_sums_dtypes_and_optional_inputs():
+    tlr, mask, lp = _ragged_batch(seed=1)
+    s = G.row_sums(mask, tlr.double(), lp.double(), dtype=torch.float64)
+    assert s.scores.dtype == s.lengths.dtype == s.log_prob_sum.dtype == torch.float64
+    torch.testing.assert_close(s.log_prob_sum, _selected(lp, mask, False), atol=1e-12, rtol=0)
+    s = G.row_sums(mask, None, lp.to(torch.bfloat16), dtype=torch.float32)  # log-probs of another dtype
+    assert s.scores is None and s.log_prob_sum.dtype == torch.float32
+    torch.testing.assert_close(s.log_prob_sum.double(), _selected(lp.to(torch.bfloat16).float(), mask, False),
+                               atol=1e-4, rtol=1e-4)
+    s = G.row_sums(mask, tlr)
+    assert s.log_prob_sum is None
+    empty = G.row_sums(torch.zeros(0, 5), torch.zeros(0, 5), torch.zeros(0, 5))
+    assert empty.scores.shape == (0,) and empty.log_prob_sum.shape == (0,)
+    with pytest.raises(ValueError, match="log_probs"):
+        G.row_sums(mask, tlr, lp[:, :-1])
+
+
+def test_broadcast_to_tokens_writes_a_fresh_masked_tensor():
+    _, mask, _ = _ragged_batch(seed=2)
+    v = torch.randn(mask.shape[0], dtype=torch.float64)
+    for dtype in (torch.float32, torch.float64, torch.int64, torch.bool):
+        m = mask.to(dtype)
+        out = G.broadcast_to_tokens(v, m, torch.float32)
+        assert out.dtype == torch.float32 and out.data_ptr() != m.data_ptr()
+        torch.testing.assert_close(out, v.float()[:, None] * mask, atol=0, rtol=0)
+
+
+def test_group_ids_and_dense_ids():
+    gid, n = G.group_ids(np.array(["b", "a", "b", "c"], dtype=object), 4)
+    assert gid.tolist() == [0, 1, 0, 2] and n == 3
+    gid, n = G.group_ids(None, 3, {"uid": np.array([7, 7, 9])})
+    assert gid.tolist() == [0, 0, 1] and n == 2
+    with pytest.raises(ValueError, match="uid"):
+        G.group_ids(None, 3, {})
+    with pytest.raises(ValueError, match="length 3"):
+        G.group_ids(np.array([1, 2]), 3)
+    ids, n = G.dense_ids(torch.tensor([2, 0, 1, 0]))
+    assert ids.tolist() == [2, 0, 1, 0] and n == 3  # already dense: unchanged
+    ids, n = G.dense_ids(torch.tensor([42, 7, 42, -1]))
+    assert n == 3 and ids[0] == ids[2] and len({ids[0].item(), ids[1].item(), ids[3].item()}) == 3
+    ids, n = G.dense_ids(torch.tensor([0, 2, 2]))  # id 1 unused: not dense
+    assert n == 2 and ids.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_moments_and_pooled_moments_match_loops(seed):
+    rng = np.random.default_rng(seed)
+    bs, num_groups = 40, 9
+    gid = torch.from_numpy(rng.integers(0, num_groups, size=bs))
+    values = torch.from_numpy(rng.choice([0.0, 0.5, 1.0, 2.0], size=bs))
+    valid = torch.from_numpy(rng.random(bs) > 0.2)
+    values[~valid] = float("nan")  # invalid rows are selected out, even when not finite
+    m = G.group_moments(values, gid, num_groups, valid)
+    for g in range(num_groups):
+        rows = [i for i in range(bs) if gid[i] == g and valid[i]]
+        vals = [values[i].item() for i in rows]
+        assert m.count[g].item() == len(rows)
+        assert m.mean[g].item() == pytest.approx(statistics.mean(vals) if vals else 0.0, abs=1e-12)
+        assert m.std[g].item() == pytest.approx(statistics.stdev(vals) if len(vals) > 1 else 0.0, abs=1e-12)
+        assert bool(m.const[g]) == (len(vals) > 1 and len(set(vals)) == 1)
+        for i in rows:
+            assert m.centred[i].item() == pytest.approx(vals[rows.index(i)] - statistics.mean(vals), abs=1e-12)
+    assert torch.all(m.centred[~valid] == 0) and torch.isfinite(m.centred).all()
+    # pools of groups: the std of all valid values of all groups in the pool
+    pool_of_group = torch.from_numpy(rng.integers(0, 3, size=num_groups))
+    pm, pool = G.pooled_moments(values, gid, pool_of_group, 3, valid)
+    assert pool.tolist() == pool_of_group[gid].tolist()
+    for a in range(3):
+        vals = [values[i].item() for i in range(bs) if pool_of_group[gid[i]] == a and valid[i]]
+        assert pm.std[a].item() == pytest.approx(statistics.stdev(vals) if len(vals) > 1 else 0.0, abs=1e-12)
+
+
+def test_group_reductions_and_unbiased_std():
+    gid = torch.tensor([0, 0, 1, 2, 2, 2])
+    valid = torch.tensor([True, True, False, True, True, False])
+    v = torch.tensor([1.0, 3.0, math.nan, 2.0, 4.0, math.inf])
+    assert G.group_count(gid, 3, valid).tolist() == [2.0, 0.0, 2.0]
+    assert G.group_sum(v, gid, 3, valid).tolist() == [4.0, 0.0, 6.0]
+    assert G.group_mean(v, gid, 3, valid).tolist() == [2.0, 0.0, 3.0]
+    f64 = torch.float64
+    std = G.unbiased_std(torch.tensor([2.0, 5.0, 0.0], dtype=f64), torch.tensor([2.0, 1.0, 0.0], dtype=f64))
+    assert std.tolist() == pytest.approx([math.sqrt(2.0), 0.0, 0.0], abs=1e-15)

@@ -1,0 +1,115 @@
+"""Teacher-forced forward passes with per-layer hooks on the tiny Qwen2.5-VL (eager attention), batched with padding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from verl_difficulty.models.forward import ForwardRequest, HFForward, decoder_layers
+from verl_difficulty.models.generation import load_generation_model
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    from verl.utils import hf_processor, hf_tokenizer
+
+    from verl_difficulty.models.tiny import build_tiny_model_dir
+
+    path = build_tiny_model_dir(str(tmp_path_factory.mktemp("tiny") / "m"))
+    return path, hf_tokenizer(path), hf_processor(path)
+
+
+@pytest.fixture(scope="module")
+def fwd(parts):
+    path, tok, proc = parts
+    return HFForward(load_generation_model(path, attn_implementation="eager"), tok, proc)
+
+
+def _request(proc, tok, text, size, response):
+    messages = [{"role": "user", "content": [{"type": "text", "text": text}]}]
+    images = None
+    if size is not None:
+        images = [Image.new("RGB", size, (200, 30, 30))]
+        messages[0]["content"].insert(0, {"type": "image"})
+    prompt = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = proc(text=[prompt], images=images, return_tensors="pt")["input_ids"][0].tolist()
+    return ForwardRequest(prompt_ids=ids, response_ids=tok(response)["input_ids"], images=images)
+
+
+@pytest.fixture(scope="module")
+def requests(parts):
+    _, tok, proc = parts
+    return [_request(proc, tok, "how many", (56, 56), "<answer> 3 </answer>"),
+            _request(proc, tok, "what colour is the largest shape here", (84, 56), "red"),
+            _request(proc, tok, "a text-only prompt", None, "<think> no image </think>")]
+
+
+def _image_attention(c):
+    """Per row: attention mass of the response tokens on the image tokens, summed over heads and queries."""
+    a, b = c.attentions, c.batch
+    return [float(a[i][:, b.response_mask[i]][:, :, b.image_mask[i]].sum()) for i in range(b.size)]
+
+
+def test_hook_reduced_attention_equals_output_attentions(fwd, requests):
+    per_request = fwd.forward(requests, _image_attention, attentions=True)
+    n_layers = len(decoder_layers(fwd.model))
+    assert [len(v) for v in per_request] == [n_layers] * len(requests)
+    # reference: all layers' attention kept by output_attentions=True on the same padded batch
+    batch, inputs = fwd._batch(requests)
+    with torch.no_grad():
+        out = fwd.model.model(**inputs, output_attentions=True, use_cache=False)
+    assert len(out.attentions) == n_layers
+    for layer, attn in enumerate(out.attentions):
+        ref = [float(attn[i][:, batch.response_mask[i]][:, :, batch.image_mask[i]].sum()) for i in range(3)]
+        assert [v[layer] for v in per_request] == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert per_request[0][0] > 0 and per_request[2] == [0.0] * n_layers  # the text-only row has no image tokens
+
+
+def test_batched_equals_one_at_a_time_and_masks(fwd, requests):
+    batched = fwd.forward(requests, _image_attention, attentions=True)
+    single = [fwd.forward([r], _image_attention, attentions=True)[0] for r in requests]
+    for b, s in zip(batched, single):
+        assert b == pytest.approx(s, rel=1e-4, abs=1e-6)
+    batch, _ = fwd._batch(requests)
+    for i, r in enumerate(requests):
+        assert int(batch.prompt_mask[i].sum()) == len(r.prompt_ids)
+        assert int(batch.response_mask[i].sum()) == len(r.response_ids)
+        assert batch.input_ids[i][batch.response_mask[i]].tolist() == r.response_ids
+        assert int(batch.image_mask[i].sum()) == r.prompt_ids.count(fwd.image_token_id)
+    assert not (batch.prompt_mask & batch.response_mask).any()
+    assert ((batch.prompt_mask | batch.response_mask) == batch.attention_mask).all()
+
+
+def test_hidden_states_per_layer_and_embeddings(fwd, requests):
+    def norms(c):
+        return [c.hidden_states[i][c.batch.attention_mask[i]].double().norm().item() for i in range(c.batch.size)]
+
+    layers = []
+    values = fwd.forward(requests, lambda c: (layers.append(c.layer), norms(c))[1], hidden_states=True)
+    n = len(decoder_layers(fwd.model))
+    assert layers == list(range(-1, n))  # the input embeddings first, then every decoder layer
+    batch, inputs = fwd._batch(requests)
+    with torch.no_grad():
+        out = fwd.model.model(**inputs, output_hidden_states=True, use_cache=False)
+    ref_embed = [out.hidden_states[0][i][batch.attention_mask[i]].double().norm().item() for i in range(3)]
+    assert [v[0] for v in values] == pytest.approx(ref_embed, rel=1e-5)
+    for layer in range(n - 1):  # HF's last entry is after the final norm
+        ref = [out.hidden_states[layer + 1][i][batch.attention_mask[i]].double().norm().item() for i in range(3)]
+        assert [v[layer + 1] for v in values] == pytest.approx(ref, rel=1e-5)
+    # image-token embeddings are the vision tower's merged features
+    feats = fwd.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+    feats = torch.cat(list(getattr(feats, "pooler_output", feats)))
+    got = fwd.forward(requests, lambda c: [c.hidden_states[c.batch.image_mask].clone()] * c.batch.size,
+                      hidden_states=True)[0][0]
+    assert torch.allclose(got, feats.to(got.dtype), atol=1e-5)
+
+
+def test_attention_needs_eager(parts, requests):
+    path, tok, proc = parts
+    sdpa = HFForward(load_generation_model(path, attn_implementation="sdpa"), tok, proc)
+    with pytest.raises(ValueError, match="eager"):
+        sdpa.forward(requests[:1], _image_attention, attentions=True)
+    assert len(sdpa.forward(requests[:1], lambda c: [0.0], hidden_states=True)[0]) == 3
+    with pytest.raises(ValueError, match="values for a batch"):
+        sdpa.forward(requests[:2], lambda c: [0.0], hidden_states=True)

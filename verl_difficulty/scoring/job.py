@@ -1,0 +1,126 @@
+"""A scoring job's settings (:class:`ScoreJob`), its fingerprint and the provenance it stamps on every scored row.
+
+The fingerprint is the SHA-256 of the job description: the inputs' identities, the shard and batch layout, the seed,
+each scorer's name, version and parameters, the backend (settings that change values only) and the verifier. A rerun
+with the same fingerprint resumes; another one is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from verl_difficulty.config import setting
+from verl_difficulty.data.io import canonical_json
+from verl_difficulty.data.rows import SYSTEM_PROMPT_MODES
+from verl_difficulty.scoring.backends import BACKENDS
+from verl_difficulty.scoring.shards import input_identity
+
+DEFAULT_BATCH_SIZE = {"transformers": 16, "vllm": 100_000}
+"""Requests per generate call: transformers pads a batch; vLLM schedules a whole shard round itself."""
+_RUNTIME_ONLY_BACKEND_KEYS = {"num_threads", "gpu_memory_utilization"}
+"""Backend settings that do not change the values (left out of the fingerprint, so a resume may change them)."""
+
+
+@dataclass
+class ScoreJob:
+    """Everything a scoring job needs (the command line ``verl-difficulty score`` builds one; its help texts and
+    defaults come from here)."""
+
+    inputs: list = setting(help="verl parquet file(s) or director(ies) of *.parquet")
+    output_dir: str = setting(help="output directory (created; holds scored.parquet)")
+    model_path: str = setting(help="local checkpoint directory of the base model")
+    scorers: dict = setting(help="scorer name -> parameters, run in this order")
+    backend: str = setting("transformers", choices=BACKENDS,
+                           help="transformers (CPU/GPU, batched generate) or vllm (GPU, pip install "
+                           "'verl-difficulty[gpu]')")
+    backend_kwargs: dict = setting(default_factory=dict, help="extra backend arguments (device, dtype, ...)")
+    verifier: dict = setting(default_factory=lambda: {"name": "reward", "reward": "r1v_acc"},
+                             help="verifier spec (verl_difficulty.scoring.verifier.make_verifier)")
+    seed: int = setting(0, help="job seed; every sample and mask derives from (seed, row id, scorer, ratio/arm, try)")
+    shard_size: int = setting(128, ge=1, help="rows per committed shard")
+    batch_size: Optional[int] = setting(None, ge=1, help="requests per generate call (default: transformers 16, "
+                                        "vllm whole shard)")
+    system_prompt: str = setting("keep", choices=SYSTEM_PROMPT_MODES,
+                                 help="keep the rows' system message or drop it (P1's scoring used none)")
+    limit: Optional[int] = setting(None, ge=0, help="score only the first N rows (in input order)")
+    num_workers: Optional[int] = setting(None, ge=0, help="model replicas (default: one per GPU, else 1); 0 = in "
+                                         "this process without Ray")
+    cpus_per_worker: float = setting(1.0, gt=0, help="CPUs per worker (= torch threads, also with --num-workers 0)")
+    gpus_per_worker: Optional[float] = setting(None, ge=0, help="GPUs per worker (default 1 if the cluster has GPUs "
+                                               "and --device is not cpu)")
+    ray_address: Optional[str] = setting(None, help="existing cluster (auto, HOST:PORT); default: $RAY_ADDRESS or a "
+                                         "local ray.init()")
+    max_attempts: int = setting(3, ge=1, help="tries per shard when a worker dies or raises (then the shard is "
+                                "reported failed; a rerun retries it)")
+    progress: bool = setting(True, help="show a progress bar")
+    overwrite: bool = setting(False, help="discard an existing output of a job with other settings (default: refuse; "
+                              "same settings resume)")
+
+    def resolved_batch_size(self) -> int:
+        return int(self.batch_size or DEFAULT_BATCH_SIZE.get(self.backend, 16))
+
+    def scorer_classes(self) -> dict[str, type]:
+        """The registered class of each scorer of the job (``ValueError`` for an unknown name)."""
+        from verl_difficulty.scoring.registry import get_scorer
+
+        return {name: get_scorer(name) for name in self.scorers}
+
+    def backend_spec(self) -> dict:
+        """The backend spec (:func:`verl_difficulty.scoring.backends.make_backend`); a transformers model is loaded
+        with eager attention when a scorer reads attention weights."""
+        spec = {"name": self.backend, "model_path": self.model_path, **self.backend_kwargs}
+        readers = sorted(n for n, c in self.scorer_classes().items() if c.needs_attention)
+        if readers and self.backend == "transformers":
+            if spec.setdefault("attn_implementation", "eager") != "eager":
+                raise ValueError(f"scorer(s) {readers} read attention weights, which need attn_implementation="
+                                 f"'eager', not {spec['attn_implementation']!r}")
+        return spec
+
+    def worker_config(self) -> dict:
+        """What each worker needs (JSON-able)."""
+        return {"backend": self.backend_spec(), "verifier": dict(self.verifier),
+                "scorers": [[n, dict(p or {})] for n, p in self.scorers.items()], "seed": int(self.seed),
+                "batch_size": self.resolved_batch_size(), "system_prompt": self.system_prompt}
+
+
+def describe_job(job: ScoreJob, files: list[str], scorers: list, backend_desc: Optional[dict] = None,
+                 verifier_desc: Optional[dict] = None) -> dict:
+    """The job description behind the fingerprint (``backend_desc`` / ``verifier_desc``: of injected objects)."""
+    backend = backend_desc or {k: v for k, v in job.backend_spec().items() if k not in _RUNTIME_ONLY_BACKEND_KEYS}
+    if backend.get("model_path") and os.path.exists(str(backend["model_path"])):
+        backend["model_path"] = os.path.abspath(str(backend["model_path"]))  # a local dir; remote paths as given
+    return {
+        "inputs": [input_identity(f) for f in files],
+        "limit": job.limit,
+        "shard_size": int(job.shard_size),
+        "batch_size": job.resolved_batch_size(),
+        "seed": int(job.seed),
+        "scorers": [{"name": s.name, "version": s.version, "params": s.params()} for s in scorers],
+        "backend": backend,
+        "verifier": verifier_desc or dict(job.verifier),
+        "system_prompt": job.system_prompt,
+    }
+
+
+def fingerprint(desc: dict) -> str:
+    """SHA-256 of a job description (:func:`describe_job`)."""
+    return hashlib.sha256(canonical_json(desc).encode()).hexdigest()
+
+
+def provenance(desc: dict, created: str) -> dict:
+    """Per scorer of the job: what produced its values (written, JSON, into every scored row)."""
+    from verl_difficulty import __version__
+
+    out: dict[str, Any] = {}
+    for s in desc["scorers"]:
+        out[s["name"]] = {
+            "scorer": s["name"], "version": s["version"], "params": s["params"],
+            "model_path": desc["backend"].get("model_path"), "backend": desc["backend"], "verifier": desc["verifier"],
+            "seed": desc["seed"], "date": created, "system_prompt": desc["system_prompt"],
+            "shard_size": desc["shard_size"], "batch_size": desc["batch_size"],
+            "package": f"verl-difficulty {__version__}",
+        }
+    return out

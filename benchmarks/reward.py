@@ -1,6 +1,6 @@
 """Reward grading throughput: responses graded per second per worker, on a mixed set, with the time limit on.
 
-    python benchmarks/reward.py [--n 40] [--timeout 5] [--seed 0]
+    python benchmarks/reward.py [--n 40] [--timeout 5] [--seed 0] [--ocr-lengths 1000,2000,4000,8000,10000]
 
 One "worker" is one grader subprocess fed sequentially (what one reward-loop worker does when it grades one response
 at a time; with ``num_procs`` processes it grades that many in parallel). Every response is distinct (random numbers),
@@ -10,6 +10,16 @@ the full text, truncation to the last ``max_chars`` characters, grading in the s
 The same set is also graded inline (in this process, no subprocess, no time limit, adversarial items skipped) to show
 the subprocess overhead.
 
+The mixed set has long OCR answers (``ocr_long``: 6-8k characters of prose with 5% of the characters changed) and
+answers identical to a hostile LaTeX ground truth (``identical_latex``: ``\\boxed{10^{10^{10^{10}}}}``, which
+math-verify parses for ever; ``r1v_acc`` used to time out on it).
+
+OCR BEFORE/AFTER (first table): the OCR similarity of answers of ``--ocr-lengths`` characters (identical, one
+substitution, 5% of the characters changed, unrelated prose of the same length) with difflib's ``SequenceMatcher``
+ratio, the definition before rapidfuzz (:func:`difflib_similarity`, kept in this script only for the comparison),
+and with :func:`verl_difficulty.rewards.perception.ocr_similarity` (rapidfuzz Levenshtein, ANLS-style), measured side by
+side in this run, plus the whole new ``grade_ocr`` call (extraction, identity short-circuit, similarity).
+
 ``--reward-loop`` also runs the non-adversarial items through verl's real ``RewardLoopWorker`` (one worker, its
 manager's default 2 grader processes, all responses of a batch awaited concurrently as ``compute_score_batch`` does),
 with a tiny byte-level BPE tokenizer built in code: responses per second per reward-loop worker, decoding included.
@@ -18,6 +28,7 @@ with a tiny byte-level BPE tokenizer built in code: responses per second per rew
 from __future__ import annotations
 
 import argparse
+import difflib
 import random
 import statistics
 import sys
@@ -29,8 +40,49 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from verl_difficulty.rewards.config import resolve_settings  # noqa: E402
 from verl_difficulty.rewards.functions import score_response  # noqa: E402
+from verl_difficulty.rewards.perception import OCR_MAX_CHARS, grade_ocr, normalize_ocr, ocr_similarity  # noqa: E402
 from verl_difficulty.rewards.pool import SafeGrader  # noqa: E402
 from verl_difficulty.schema import ACC  # noqa: E402
+
+
+HUGE = "10^{10^{10^{10}}}"
+"""math-verify parses it for ever (sympy builds 10**(10**(10**10))), also against the identical ground truth."""
+_WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
+          "they you were her she there had one all we their been has more will would when who so no out if up about "
+          "into them can only other its time new some could these two may first then do any like my now over such "
+          "our man me even most made after also did many before must through back years where much your way well "
+          "down should because each just those people how too little state good very make world still own see men "
+          "work long get here between both life being under never day same another know while last might us great "
+          "old year off come since against go came right used take three").split()
+
+
+def prose(n: int, rng: random.Random) -> str:
+    """``n`` characters of English-like text (common words, Zipf-like frequencies): the shape of a page of OCR."""
+    out, total = [], 0
+    while total < n:
+        w = _WORDS[min(int(rng.paretovariate(0.8)) - 1, len(_WORDS) - 1) if rng.random() < 0.5
+                   else rng.randrange(len(_WORDS))]
+        w = w.capitalize() if rng.random() < 0.05 else w
+        out.append(w + ("." if rng.random() < 0.06 else ""))
+        total += len(out[-1]) + 1
+    return " ".join(out)[:n]
+
+
+def perturb(text: str, rate: float, rng: random.Random) -> str:
+    """``text`` with about ``rate`` of its characters replaced by another letter."""
+    return "".join(c if rng.random() >= rate else rng.choice("xyzqj") for c in text)
+
+
+def difflib_similarity(pred: str, gt: str) -> float:
+    """The OCR similarity BEFORE rapidfuzz, kept here only to compare: difflib's ``SequenceMatcher`` ratio (2 *
+    matches / total length, matches from greedily chosen longest blocks) with the same normalisation and cut."""
+    a, b = normalize_ocr(pred), normalize_ocr(gt)
+    if not a and not b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    a = a[: max(OCR_MAX_CHARS, 2 * len(b))]
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
 
 
 def make_items(n: int, seed: int) -> list[tuple[str, str, str, object, str]]:
@@ -74,6 +126,13 @@ def make_items(n: int, seed: int) -> list[tuple[str, str, str, object, str]]:
         word = "".join(rng.choice("abcdefghij klmnop") for _ in range(rng.randint(5, 40))).strip() or "abc"
         noisy = "".join(c if rng.random() > 0.2 else rng.choice("xyz") for c in word)
         items.append(("ocr", "perception", think.format("Read.") + f"<answer>{noisy.upper()}</answer>", word, "ocr"))
+        page = prose(rng.randint(6000, 8000), rng)
+        items.append(("ocr_long", "perception", think.format("Read the page.") + f"<answer>{perturb(page, 0.05, rng)}"
+                      "</answer>", page, "ocr"))
+        manager = rng.choice(["r1v_acc", "math_acc_format"])  # math_acc_format needs the box
+        answer = rng.choice([f"\\boxed{{{HUGE}}}"] + ([f"<answer>{HUGE}</answer>"] if manager == "r1v_acc" else []))
+        items.append(("identical_latex", manager, think.format("Huge.") + answer,
+                      rng.choice([HUGE, f"\\boxed{{{HUGE}}}", f"<answer>{HUGE}</answer>"]), ""))
         c = rng.randint(0, 15)
         names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                  "twelve", "thirteen", "fourteen", "fifteen"]
@@ -90,6 +149,38 @@ def make_items(n: int, seed: int) -> list[tuple[str, str, str, object, str]]:
     for h in hostile_cheap:
         items.append(("hostile_cheap", "math_acc_format", h, "1", ""))
     return items
+
+
+def _timed(fn, repeat: int) -> tuple[float, object]:
+    """(best wall time of ``repeat`` calls in seconds, the last result)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def ocr_before_after(lengths: list[int], seed: int) -> None:
+    """OCR similarity before (difflib) and after (rapidfuzz), side by side on the same answers, in this process."""
+    rng = random.Random(seed)
+    print("\nOCR BEFORE/AFTER (same process, same answers; best of 3 for the new code, 1 run of difflib)")
+    hdr = (f"{'chars':>6} {'answer':<12}{'difflib ms':>12}{'rapidfuzz ms':>14}{'grade_ocr ms':>14}{'speed-up':>10}"
+           f"{'sim before':>12}{'sim after':>11}{'acc before':>12}{'acc after':>11}")
+    print(hdr)
+    print("-" * len(hdr))
+    for n in lengths:
+        gt = prose(n, rng)
+        cases = {"identical": gt, "one_edit": gt[: n // 2] + "Q" + gt[n // 2 + 1:],
+                 "5%_changed": perturb(gt, 0.05, rng), "unrelated": prose(n, rng)}
+        for name, answer in cases.items():
+            response = f"<think>w</think><answer>{answer}</answer>"
+            t_old, s_old = _timed(lambda a=answer, g=gt: difflib_similarity(a, g), 1)
+            t_new, s_new = _timed(lambda a=answer, g=gt: ocr_similarity(a, g), 3)
+            t_grade, res = _timed(lambda r=response, g=gt: grade_ocr(r, g), 3)
+            print(f"{n:>6} {name:<12}{1000 * t_old:>12.1f}{1000 * t_new:>14.3f}{1000 * t_grade:>14.3f}"
+                  f"{t_old / max(t_grade, 1e-9):>9.0f}x{s_old:>12.4f}{s_new:>11.4f}"
+                  f"{float(s_old >= 0.5):>12.0f}{res.acc:>11.0f}")
 
 
 def run(items, grader: SafeGrader, skip_adversarial: bool = False):
@@ -196,8 +287,12 @@ def main():
     ap.add_argument("--timeout", type=float, default=5.0, help="hard time limit per grading call (s)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reward-loop", action="store_true", help="also measure through verl's RewardLoopWorker")
+    ap.add_argument("--ocr-lengths", default="1000,2000,4000,8000,10000",
+                    help="answer lengths of the OCR before/after table (comma-separated; empty: skip it)")
     args = ap.parse_args()
 
+    if args.ocr_lengths:
+        ocr_before_after([int(x) for x in args.ocr_lengths.split(",")], args.seed)
     items = make_items(args.n, args.seed)
     print(f"{len(items)} responses; time limit {args.timeout}s; 1 grader process fed sequentially")
     t = time.perf_counter()

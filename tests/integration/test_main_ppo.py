@@ -5,8 +5,9 @@ sampler, estimator, reward manager and CPU backend. Nothing is mocked. Three lau
 
 1. 2 GRPO-style steps with ``difficulty_weighted`` + ``r1v_acc`` + the difficulty sampler, checkpoint at step 2;
 2. the same command with 3 total steps: resumes from the checkpoint and runs step 3 with the sampler state restored;
-3. 1 step with ``durian`` (reasoning branch on ``old_log_probs``; perceptual branch off since the synthetic data has no
-   visual-entropy column yet: the forward-pass scorers are a later issue).
+3. 1 step with ``durian`` under DAPO (reasoning branch on ``old_log_probs``; perceptual branch off since the synthetic
+   data has no visual-entropy column yet: the forward-pass scorers are a later issue); the sampler must learn from
+   every generated prompt, including the groups DAPO's ``filter_groups`` evicts before the advantage step.
 
 Runs 1 and 2 use the sampler in stratified mode with P2's two-stage schedule (stage 1 = medium prompts, stage 2 from
 step 3 = half medium, half hard), the band-pass filter and the P2 hints on hard prompts (buckets are the synthetic
@@ -65,7 +66,9 @@ class _MemoryMonitor:
 
 
 _SHOWN = ("actor/grad_norm", "critic/score/mean", "difficulty/batch/acc_mean", "difficulty/weighting/weight_mean",
-          "training/rollout_probs_diff_max", "timing_s/step", "difficulty/sampler/prompts_seen")
+          "training/rollout_probs_diff_max", "timing_s/step", "difficulty/sampler/prompts_seen", "difficulty/sampler/prompts_drawn",
+          "difficulty/sampler/prompts_updated", "training/filter_groups/evicted_samples",
+          "training/filter_groups/discarded_surplus_samples")
 
 
 def _run(workdir: Path, name: str, steps: int, extra: list[str]) -> tuple[list[dict], float, float, str]:
@@ -165,7 +168,7 @@ def test_two_steps_with_plugin(first_run, workdir):
     assert data[1]["difficulty/sampler/prompts_seen"] == 4
     assert data[2]["difficulty/sampler/prompts_seen"] == 8
     for step in (1, 2):
-        assert data[step]["curriculum/stage"] == 1.0 and data[step]["curriculum/step"] == step
+        assert data[step]["difficulty/curriculum/stage"] == 1.0 and data[step]["difficulty/curriculum/step"] == step
         assert data[step]["difficulty/sampler/batch_frac/medium"] == 1.0
         assert data[step]["difficulty/hints/applied"] == 0.0
         assert "difficulty/sampler/bandpass_fallback" in data[step]
@@ -178,9 +181,9 @@ def test_two_steps_with_plugin(first_run, workdir):
     # the sampler's own state rides in verl's dataloader checkpoint
     state = torch.load(ckpt / "data.pt", weights_only=False)
     sampler_state = state["_sampler_iter_state"]["sampler_state"]
-    assert sampler_state["position"] == 8 and sampler_state["epoch"] == 0
+    assert sampler_state["drawer"]["position"] == 8 and sampler_state["drawer"]["epoch"] == 0
     assert sampler_state["step"] == 3  # the next draws are for step 3
-    assert int(sampler_state["seen"].sum()) == 8 * 4  # 8 prompts x rollout.n=4 responses
+    assert int(sampler_state["tracker"]["seen"].sum()) == 8 * 4  # 8 prompts x rollout.n=4 responses
     trace = _trace(workdir, "run1")
     assert [(e["event"], e["step"]) for e in trace] == [("draw", 1), ("update", 1), ("draw", 2), ("update", 2)]
 
@@ -203,7 +206,7 @@ def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
     assert d["training/rollout_probs_diff_max"] < 1e-4  # the resumed weights reached the rollout server
     assert (workdir / "checkpoints" / "global_step_3" / "data.pt").exists()
     # stage 2 from step 3: half medium (a second pass over the 8 medium prompts, band-pass applies), half hard (hinted)
-    assert d["curriculum/stage"] == 2.0 and d["curriculum/step"] == 3.0
+    assert d["difficulty/curriculum/stage"] == 2.0 and d["difficulty/curriculum/step"] == 3.0
     assert d["difficulty/sampler/batch_frac/medium"] == 0.5 and d["difficulty/sampler/batch_frac/hard"] == 0.5
     assert d["difficulty/hints/applied"] == 2.0
 
@@ -225,15 +228,18 @@ def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
         assert [next(it) for _ in range(4)] == draw["rows"], f"step {draw['step']} differs from run 1"
         replay.update(update["ids"], update["correct"], step=update["step"])
     state = replay.state_dict()
-    for key in ("est", "alpha", "beta", "seen", "banned_until", "cursor", "passes", "carry"):
-        assert np.array_equal(state[key], saved[key]), key
-    for key in ("epoch", "position", "batch_in_epoch", "step"):
-        assert state[key] == saved[key], key
+    for part, key in [("tracker", k) for k in ("est", "alpha", "beta", "seen")] + [
+        ("drawer", k) for k in ("banned_until", "cursor", "passes", "carry")
+    ]:
+        assert np.array_equal(state[part][key], saved[part][key]), (part, key)
+    for key in ("epoch", "position", "batch_in_epoch"):
+        assert state["drawer"][key] == saved["drawer"][key], key
+    assert state["step"] == saved["step"]
     step3 = [next(it) for _ in range(4)]
     assert step3 == run2[0]["rows"]  # the resumed run drew what an uninterrupted one would have
     replay.update(run2[1]["ids"], run2[1]["correct"], step=3)
     m = replay.metrics()
-    for key in ("curriculum/batch_id_hash", "difficulty/sampler/prompts_seen", "difficulty/sampler/bandpass_fallback",
+    for key in ("difficulty/curriculum/batch_id_hash", "difficulty/sampler/prompts_seen", "difficulty/sampler/bandpass_fallback",
                 "difficulty/sampler/bandpass_skipped", "difficulty/sampler/pass_rate_mean"):
         assert m[key] == pytest.approx(d[key]), key
     print(f"[e2e] step-3 draw {step3} (fallback {run2[0]['fallback']}, skipped {run2[0]['skipped']}) reproduced")
@@ -271,3 +277,9 @@ def test_durian_runs_in_training_under_dapo(first_run, workdir):
     # DAPO filtered before the advantage step: no zero-variance group reached durian
     assert d["difficulty/durian/zero_variance_frac"] == 0.0
     assert d["actor/grad_norm"] > 0
+    # ... but the sampler learned from every generated prompt, the evicted (all right / all wrong) groups included
+    dropped = d.get("training/filter_groups/evicted_samples", 0) + d.get(
+        "training/filter_groups/discarded_surplus_samples", 0)
+    print(f"[e2e] DAPO: {d['difficulty/sampler/prompts_drawn']:.0f} prompts generated, {dropped:.0f} dropped by verl")
+    assert d["difficulty/sampler/prompts_drawn"] == 4 + dropped
+    assert d["difficulty/sampler/prompts_updated"] == d["difficulty/sampler/prompts_drawn"]

@@ -36,7 +36,8 @@ bad_rows.jsonl (skipped rows and why), summary.json, manifest.json, shards/ (one
 Column meanings: `verl-difficulty schema`.
 """
 
-JOB_FLAGS = {"inputs": "INPUT", "output_dir": "--output", "model_path": "--model", "progress": "--no-progress"}
+JOB_FLAGS = {"inputs": "INPUT", "output_dir": "--output", "model_path": "--model", "progress": "--no-progress",
+             "dtype": "--dtype"}
 """ScoreJob fields whose flag is not ``--<field-with-dashes>``."""
 
 
@@ -169,7 +170,7 @@ def add_parser(sub) -> None:
     flag(g, "overwrite", action="store_true")
     g = p.add_argument_group("model and generation backend")
     flag(g, "model_path", required=True)
-    flag(g, "backend", choices=list(BACKENDS))
+    flag(g, "backend", metavar="{" + ",".join(BACKENDS) + "} or MODULE:CLASS")
     g.add_argument("--device", default="auto", help="transformers: auto|cpu|cuda (default auto)")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU)|float32|bfloat16|float16")
     g.add_argument("--backend-kwargs", type=_json_arg, default=None, metavar="JSON",
@@ -192,8 +193,12 @@ def add_parser(sub) -> None:
     flag(g, "cpus_per_worker", type=float)
     flag(g, "gpus_per_worker", type=float)
     flag(g, "ray_address")
-    flag(g, "max_attempts", type=int)
     flag(g, "progress", "--no-progress", action="store_false", help="no progress bar")
+    g = p.add_argument_group("faults")
+    flag(g, "max_attempts", type=int)
+    flag(g, "retry_backoff_s", type=float)
+    flag(g, "max_bad_fraction", type=float)
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error (and debug logs)")
     for name, cls in classes.items():
         g = p.add_argument_group(f"{name}: {cls.title}" if cls.title else name)
         for st in describe(cls.Params):
@@ -234,20 +239,55 @@ def build_job(args) -> Any:
         raise ConfigError(_name_flags(str(e), [])) from e
 
 
+def _one_line(e: BaseException, limit: int = 2000) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:limit]
+
+
+def _os_error(e: OSError) -> str:
+    """An OS error with its path and what to do."""
+    import errno
+
+    path = e.filename or "a file of the job"
+    what = e.strerror or _one_line(e)
+    if e.errno == errno.ENOSPC or e.errno == getattr(errno, "EDQUOT", -1):
+        todo = "free some space (or use another --output)"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        todo = "fix the permissions (or use another --output)"
+    else:
+        todo = "fix the cause"
+    return (f"{path}: {what}; {todo}, then rerun the same command (finished shards are kept, the "
+            "output stays consistent)")
+
+
 def run(args) -> int:
+    import logging
+
     from verl_difficulty.scoring.engine import run_scoring
 
+    debug = bool(getattr(args, "debug", False))
+    if debug:
+        logging.basicConfig(level=logging.DEBUG)
     try:
         job = build_job(args)
         summary = run_scoring(job)
-    except (FileExistsError, FileNotFoundError, ValueError, TypeError) as e:
-        print(f"verl-difficulty score: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        print(f"verl-difficulty score: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every error ends as one line (--debug: with its traceback)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(e, (ConfigError, FileExistsError, ValueError, TypeError)):
+            code, msg = 2, _one_line(e)  # the job as given cannot run (nothing was scored)
+        elif isinstance(e, OSError):
+            code, msg = 1, _os_error(e)
+        elif isinstance(e, RuntimeError):
+            code, msg = 1, _one_line(e)
+        else:
+            code, msg = 1, f"{type(e).__name__}: {_one_line(e)}"
+        print(f"verl-difficulty score: {msg}", file=sys.stderr)
+        return code
     print(summary["output"])
     return 0

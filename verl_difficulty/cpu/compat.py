@@ -132,22 +132,14 @@ def patch_mrope_same_length() -> None:
     """
     from verl.utils import tensordict_utils
 
-    original_select = tensordict_utils.index_select_tensor_dict
-    if not getattr(original_select, "_verl_difficulty_mrope", False):
+    for name in ("index_select_tensor_dict", "chunk_tensordict"):
+        original = getattr(tensordict_utils, name)
+        if getattr(original, "_verl_difficulty_mrope", False):
+            continue
 
-        @functools.wraps(original_select)
-        def index_select_tensor_dict(batch, indices):
-            return original_select(_repair_mrope_position_ids(batch), indices)
+        def repaired(batch, arg, _original=original):
+            return _original(_repair_mrope_position_ids(batch), arg)
 
-        index_select_tensor_dict._verl_difficulty_mrope = True
-        tensordict_utils.index_select_tensor_dict = index_select_tensor_dict
-
-    original_chunk = tensordict_utils.chunk_tensordict
-    if not getattr(original_chunk, "_verl_difficulty_mrope", False):
-
-        @functools.wraps(original_chunk)
-        def chunk_tensordict(td, chunks):
-            return original_chunk(_repair_mrope_position_ids(td), chunks)
-
-        chunk_tensordict._verl_difficulty_mrope = True
-        tensordict_utils.chunk_tensordict = chunk_tensordict
+        functools.update_wrapper(repaired, original)
+        repaired._verl_difficulty_mrope = True
+        setattr(tensordict_utils, name, repaired)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from typing import Any, Callable, Optional
 
 from verl_difficulty.schema import EXTRA_INFO, SCORE_PROVENANCE
@@ -28,11 +28,40 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it to ``path``."""
+def _create_temporary(path: str) -> str:
+    """Create an empty temporary file beside ``path`` (mode 0666 minus the umask, unlike ``tempfile.mkstemp``'s
+    0600, so the renamed output is readable by others exactly as a plain ``open(path, "w")`` would make it)."""
     d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + TMP_MARK, dir=d)
-    os.close(fd)
+    for _ in range(100):
+        tmp = os.path.join(d, os.path.basename(path) + TMP_MARK + secrets.token_hex(4))
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
+
+
+def fsync_dir(path: str) -> None:
+    """fsync a directory (makes a rename inside it durable); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a temporary path beside ``path``, fsync it, then rename it to ``path`` (and fsync the
+    directory). The file gets the usual permissions (0666 minus the umask). On any error (disk full, permission)
+    ``path`` is left as it was and the temporary file is removed."""
+    tmp = _create_temporary(path)
     try:
         write(tmp)
         with open(tmp, "rb") as f:
@@ -41,6 +70,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

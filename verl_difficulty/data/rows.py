@@ -38,6 +38,40 @@ class RowFailure(Exception):
     """A row could not be scored (bad image, generation error ...); the scoring engine records it as a bad row."""
 
 
+class ExecutionFault(RuntimeError):
+    """A fault of the execution, not of the input rows (backend exception, out of memory, NaN probabilities, a model
+    that cannot process the rows' modality, a scorer crash): the shard is retried and, if the fault persists, left
+    unfinished (the job fails; a rerun retries it). Never recorded as bad rows."""
+
+
+REASON_KINDS = (
+    ("missing extra_info.index", "row id: missing"),
+    ("extra_info.index is not an int", "row id: not an int"),
+    ("ground_truth", "ground_truth: missing"),
+    ("placeholder count mismatch", "image: placeholder mismatch"),
+    ("undecodable image", "image: undecodable"),
+    ("the row has no image", "image: none (the scorer needs one)"),
+    ("masking failed", "image: masking failed"),
+    ("video inputs", "prompt: video unsupported"),
+    ("prompt failed", "prompt: failed"),
+    ("could not decode row", "row: undecodable"),
+    ("row validation failed", "row: validation crashed"),
+    ("generation failed", "generation: failed"),
+    ("forward pass failed", "forward pass: failed"),
+    ("no result", "scorer: no result"),
+)
+"""(substring of a bad-row reason, its kind): the short keys the summary groups bad rows by (first match wins)."""
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a bad-row reason (``image: undecodable``, ``ground_truth: missing`` ...; ``other`` if unknown)."""
+    text = str(reason or "")
+    for needle, kind in REASON_KINDS:
+        if needle in text:
+            return kind
+    return "other"
+
+
 @dataclass
 class ScoringRow:
     """A validated input row, decoded for scoring."""
@@ -57,6 +91,9 @@ class ScoringRow:
     task_type: str = ""
     extra_info: dict = field(default_factory=dict)
     reward_model: dict = field(default_factory=dict)
+    image_sources: list[Any] = field(default_factory=list)
+    """The row's ``images`` entries as stored (undecoded; :func:`open_image` gives an image at its original
+    resolution, before verl's resizing; P1 PISM ``rect_reference`` masks there). Empty: ``images`` are the originals."""
 
 
 def as_list(value: Any) -> list[Any]:
@@ -230,6 +267,7 @@ def prepare_row(row: dict, position: int, system_prompt: str = "keep") -> Scorin
         task_type=str(task),
         extra_info=extra,
         reward_model=reward,
+        image_sources=as_list(row.get(IMAGES)),
     )
 
 

@@ -8,19 +8,32 @@ and :func:`finish` records the metrics and writes the (bs, T) advantage once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
 from verl_difficulty import schema
 from verl_difficulty.estimators import metrics as collector
-from verl_difficulty.estimators.groups import STAT_DTYPE, GroupMoments, broadcast_to_tokens, group_ids, row_sums
+from verl_difficulty.estimators.groups import (
+    STAT_DTYPE,
+    GroupMoments,
+    broadcast_to_tokens,
+    dense_ids,
+    group_ids,
+    group_moments,
+    row_sums,
+)
 
 __all__ = [
+    "one_intraop_thread",
     "TokenBatch",
     "read_batch",
+    "RewardGroups",
+    "reward_groups",
     "finish",
     "check_finite",
     "read_float_column",
@@ -38,18 +51,20 @@ class TokenBatch:
 
     Attributes:
         scores: (bs,) reward ``r`` of each response (sum of its token-level rewards), ``dtype``.
-        lengths: (bs,) valid tokens per response, ``dtype``.
         valid: (bs,) bool, non-empty responses.
+        lengths: (bs,) valid tokens per response, ``dtype``; only with ``log_probs`` (else None).
         log_prob_sum: (bs,) masked sum of ``log_probs`` (or of their ``exp``), or None.
+        mask_copy: (bs, T) the mask converted to ``dtype`` (a fresh tensor) when the pass made one, else None.
         gid: (bs,) int64 dense prompt ids ``0..G-1`` from verl's uid.
         num_groups: G.
         dtype: the output dtype (that of ``token_level_rewards``; float32 if it is not floating).
     """
 
     scores: torch.Tensor
-    lengths: torch.Tensor
     valid: torch.Tensor
+    lengths: Optional[torch.Tensor]
     log_prob_sum: Optional[torch.Tensor]
+    mask_copy: Optional[torch.Tensor]
     gid: torch.Tensor
     num_groups: int
     dtype: torch.dtype
@@ -78,16 +93,90 @@ def read_batch(
     bs = token_level_rewards.shape[0]
     gid, num_groups = group_ids(index, bs, non_tensor_batch)
     sums = row_sums(response_mask, token_level_rewards, log_probs, exp_log_probs=exp_log_probs, dtype=dtype)
-    return TokenBatch(scores=sums.scores, lengths=sums.lengths, valid=sums.valid, log_prob_sum=sums.log_prob_sum,
-                      gid=gid.to(token_level_rewards.device), num_groups=num_groups, dtype=dtype)
+    return TokenBatch(scores=sums.scores, valid=sums.valid, lengths=sums.lengths, log_prob_sum=sums.log_prob_sum,
+                      mask_copy=sums.mask_copy, gid=gid.to(token_level_rewards.device), num_groups=num_groups, dtype=dtype)
+
+
+@dataclass
+class RewardGroups:
+    """The first step of both tensor cores (see :func:`reward_groups`).
+
+    Attributes:
+        r: (bs,) float64 rewards.
+        gid: (bs,) int64 dense prompt ids ``0..G-1``.
+        num_groups: G.
+        valid: (bs,) bool, non-empty responses.
+        moments: the (G,) :class:`~verl_difficulty.estimators.groups.GroupMoments` of ``r`` per prompt.
+        out_dtype: dtype of the advantages (that of the scores; float32 if they are integers).
+    """
+
+    r: torch.Tensor
+    gid: torch.Tensor
+    num_groups: int
+    valid: torch.Tensor
+    moments: GroupMoments
+    out_dtype: torch.dtype
+
+
+def reward_groups(
+    scores: torch.Tensor, group_ids: torch.Tensor, valid: Optional[torch.Tensor], num_groups: Optional[int] = None
+) -> RewardGroups:
+    """Check the (bs,) rewards and prompt labels and compute the rewards' per-prompt moments.
+
+    Args:
+        scores: (bs,) rewards; every one must be finite (empty rows included).
+        group_ids: (bs,) integer prompt labels, any values.
+        valid: (bs,) bool or None (all valid).
+        num_groups: G when ``group_ids`` already are dense ids ``0..G-1`` (as :func:`read_batch` makes them).
+
+    Raises:
+        ValueError: misshaped ``group_ids``; non-finite rewards (how many, which indices).
+    """
+    bs = scores.shape[0]
+    if tuple(group_ids.shape) != (bs,):
+        raise ValueError(f"group_ids must be (bs,) = ({bs},), got {tuple(group_ids.shape)}")
+    check_finite(scores, "reward")
+    dev = scores.device
+    valid = torch.ones(bs, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
+    r = scores.to(STAT_DTYPE)
+    if num_groups is None:
+        gid, num_groups = dense_ids(group_ids.to(dev))
+    else:
+        gid = group_ids.to(dev, torch.int64)
+    return RewardGroups(r=r, gid=gid, num_groups=num_groups, valid=valid,
+                        moments=group_moments(r, gid, num_groups, valid),
+                        out_dtype=scores.dtype if scores.is_floating_point() else torch.float32)
+
+
+_OPENMP = "OpenMP" in torch.__config__.parallel_info().rsplit("parallel backend:", 1)[-1]
+
+
+@contextlib.contextmanager
+def one_intraop_thread(device: torch.device) -> Iterator[None]:
+    """Run the (bs,) / (G,) statistics with one torch intra-op thread (CPU, OpenMP backend), then restore the count.
+
+    The statistics are vectors of a few thousand numbers, where torch's parallel kernels (``sqrt``, ``bucketize``,
+    indexing) gain nothing and each wakes the thread pool: right after a (bs, T) reduction, durian's statistics at
+    bs = 4096 took 16 ms with 2 threads and 1.4 ms with 1 (2-core CPU). Other threads of the process that run torch
+    operations meanwhile (there are none in verl's driver during the advantage step) would run them serially.
+    """
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1 or not _OPENMP:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def finish(adv: torch.Tensor, metrics: dict[str, float], response_mask: torch.Tensor,
-           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Record ``metrics`` for the seam and write the (bs,) advantages over the tokens: ``(out, out)`` as verl wants
-    (advantages, returns)."""
+           batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Record ``metrics`` for the seam and write the (bs,) advantages over the tokens (into ``batch.mask_copy`` when
+    the token pass made one): ``(out, out)`` as verl wants (advantages, returns)."""
     collector.record(metrics)
-    out = broadcast_to_tokens(adv, response_mask, dtype)
+    out = broadcast_to_tokens(adv, response_mask, batch.dtype, batch.mask_copy)
     return out, out
 
 
@@ -131,7 +220,8 @@ def summary_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
     """(k,) tensor -> {prefix_mean, prefix_min, prefix_max} as 0-d tensors (nothing if empty)."""
     if values.numel() == 0:
         return {}
-    return {f"{prefix}_mean": values.mean(), f"{prefix}_min": values.min(), f"{prefix}_max": values.max()}
+    lo, hi = torch.aminmax(values)
+    return {f"{prefix}_mean": values.mean(), f"{prefix}_min": lo, f"{prefix}_max": hi}
 
 
 def batch_group_metrics(m: GroupMoments, valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -158,7 +248,11 @@ def named_metrics(part: str, metrics: dict[str, Any]) -> dict[str, float]:
     host transfer for all tensors (names built by :func:`verl_difficulty.schema.metric`)."""
     tensors = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
     values = dict(metrics)
-    if tensors:
-        stacked = torch.stack([metrics[k].reshape(()).to(STAT_DTYPE) for k in tensors]).tolist()
-        values.update(zip(tensors, stacked))
-    return {schema.metric(part, *k.split("/")): float(v) for k, v in values.items()}
+    if tensors:  # 0-d tensors of any dtype and device: torch.stack promotes them to one
+        values.update(zip(tensors, torch.stack([metrics[k] for k in tensors]).tolist()))
+    return {_metric_name(part, k): float(v) for k, v in values.items()}
+
+
+@functools.lru_cache(maxsize=1024)
+def _metric_name(part: str, key: str) -> str:
+    return schema.metric(part, *key.split("/"))

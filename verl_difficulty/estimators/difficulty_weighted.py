@@ -25,9 +25,10 @@ Conventions shared by both estimators (documented here once):
 * **Singleton groups** (one non-empty response): advantage 0, since ``r - mean = 0``. NOTE: verl's GRPO gives a
   singleton ``r / (1 + eps)`` (it uses mean 0, std 1 for them); we follow the equations instead.
 * **Zero-variance groups** (all rewards equal, detected exactly as max == min): ``r - mean`` is set to exactly 0.
-* **Token level**: each (bs, T) input is read once (:func:`~verl_difficulty.estimators.groups.row_sums`), all group
-  math runs on (bs,) / (G,) vectors (:mod:`~verl_difficulty.estimators.groups`), and the advantage is written once
-  (``A[:, None] * mask``).
+* **Token level** (:mod:`~verl_difficulty.estimators.groups`): the rewards are read once (their row sums); the
+  mask is read once, by the final write ``A[:, None] * mask`` (here: plus one column, to find empty responses; in
+  ``durian`` also by the masked log-prob sums, together with ``old_log_probs``). All group math runs on (bs,) / (G,)
+  vectors, with one torch intra-op thread on CPU (:func:`~verl_difficulty.estimators.common.one_intraop_thread`).
 """
 
 from __future__ import annotations
@@ -41,15 +42,16 @@ from verl.trainer.ppo.core_algos import register_adv_est
 from verl_difficulty import schema
 from verl_difficulty.estimators.common import (
     batch_group_metrics,
-    check_finite,
     finish,
     named_metrics,
+    one_intraop_thread,
     read_batch,
     read_float_column,
+    reward_groups,
     summary_stats,
 )
 from verl_difficulty.estimators.config import DifficultyWeightingConfig
-from verl_difficulty.estimators.groups import STAT_DTYPE, dense_ids, group_count, group_mean, group_moments
+from verl_difficulty.estimators.groups import STAT_DTYPE, group_count, group_mean
 from verl_difficulty.seam.inputs import response_verdicts, with_seam_inputs
 
 __all__ = [
@@ -118,6 +120,7 @@ def difficulty_weighted_advantage(
     correct: torch.Tensor,
     cfg: DifficultyWeightingConfig,
     valid: Optional[torch.Tensor] = None,
+    num_groups: Optional[int] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     r"""Per-response P2 advantages (pure tensor core, no verl types).
 
@@ -132,6 +135,7 @@ def difficulty_weighted_advantage(
             of ``p``; a prompt without any verdict gets weight 1).
         cfg: the estimator's settings.
         valid: (bs,) bool, False for empty responses (advantage 0, excluded from statistics); default all True.
+        num_groups: G when ``group_ids`` already are dense ids ``0..G-1`` (saves a check); else None.
 
     Returns:
         advantages: (bs,) same dtype as ``scores`` (float32 if integer).
@@ -141,48 +145,43 @@ def difficulty_weighted_advantage(
     Raises:
         ValueError: non-finite scores (how many, which indices) or verdicts outside [0, 1].
     """
-    bs = scores.shape[0]
-    if group_ids.shape != (bs,) or correct.shape != (bs,):
-        raise ValueError(f"scores, group_ids, correct must all be (bs,); got {scores.shape}, {group_ids.shape}, "
-                         f"{correct.shape}")
-    check_finite(scores, "reward")
-    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
-    dev = scores.device
-    valid = torch.ones(bs, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
-    c = correct.to(dev, STAT_DTYPE)
+    if tuple(correct.shape) != tuple(scores.shape):
+        raise ValueError(f"correct must be (bs,) like scores {tuple(scores.shape)}, got {tuple(correct.shape)}")
+    g = reward_groups(scores, group_ids, valid, num_groups)
+    m = g.moments
+    c = correct.to(scores.device, STAT_DTYPE)
     if not bool((((c >= 0) & (c <= 1)) | torch.isnan(c)).all()):
         raise ValueError("correctness values must lie in [0, 1] (1 / 0 per response, NaN for no verdict); "
                          f"non_tensor_batch[{schema.CORRECT!r}] is the seam's verdict")
 
-    gid, num_groups = dense_ids(group_ids.to(dev))
-    m = group_moments(scores, gid, num_groups, valid)
-    p, judged = pass_rates(c, gid, num_groups, valid)
+    p, judged = pass_rates(c, g.gid, g.num_groups, g.valid)
     w = torch.where(judged > 0, difficulty_weight(p, cfg), torch.ones_like(p))
     present = m.present
     if cfg.renormalize and bool(present.any()):
         w = w / w[present].mean()
     scale = w if not cfg.keep_std else w / (m.std + cfg.epsilon)
-    adv = m.centred * scale[gid]
+    adv = m.centred * scale.index_select(0, g.gid)
 
     metrics = summary_stats("weight", w[present])
     metrics.update(summary_stats("pass_rate", p[present & (judged > 0)]))
-    metrics.update(batch_group_metrics(m, valid))
-    return adv.to(out_dtype), named_metrics(METRIC_PART, metrics)
+    metrics.update(batch_group_metrics(m, g.valid))
+    return adv.to(g.out_dtype), named_metrics(METRIC_PART, metrics)
 
 
 # ======================================================================================================================
 # verl wrapper
 # ======================================================================================================================
-def response_correct(non_tensor_batch: Optional[dict], scores: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+def response_correct(non_tensor_batch: Optional[dict], scores: torch.Tensor, valid: torch.Tensor) -> np.ndarray:
     """(bs,) float64 verdicts: the seam's ``non_tensor_batch["correct"]`` when present, else the seam's rule
     :func:`~verl_difficulty.seam.inputs.response_verdicts` (``acc`` when reported, else ``reward >= 0.5``; NaN for
-    an empty response) applied to ``scores`` (bs,) and ``lengths`` (bs,). P2's correctness behind ``p_s``."""
+    an empty response) of ``scores`` (bs,), with ``valid`` (bs,) bool as the lengths (the rule only asks whether a
+    length is 0). P2's correctness behind ``p_s``."""
     bs = scores.shape[0]
     seam = read_float_column(non_tensor_batch, schema.CORRECT, bs)
     if seam is not None:
         return seam
     acc = None if non_tensor_batch is None else non_tensor_batch.get(schema.ACC, None)
-    return response_verdicts(scores.detach().cpu().numpy(), acc=acc, lengths=lengths.detach().cpu().numpy())
+    return response_verdicts(scores.detach().cpu().numpy(), acc=acc, lengths=valid.detach().cpu().numpy())
 
 
 @register_adv_est(ESTIMATOR_NAME)
@@ -212,6 +211,8 @@ def compute_difficulty_weighted_advantage(
     cfg = DifficultyWeightingConfig.from_algorithm_config(config)
     with torch.no_grad():
         batch = read_batch(token_level_rewards, response_mask, index, non_tensor_batch)
-        correct = torch.from_numpy(response_correct(non_tensor_batch, batch.scores, batch.lengths))
-        adv, metrics = difficulty_weighted_advantage(batch.scores, batch.gid, correct, cfg, valid=batch.valid)
-        return finish(adv, metrics, response_mask, batch.dtype)
+        with one_intraop_thread(batch.scores.device):
+            correct = torch.from_numpy(response_correct(non_tensor_batch, batch.scores, batch.valid))
+            adv, metrics = difficulty_weighted_advantage(batch.scores, batch.gid, correct, cfg, valid=batch.valid,
+                                                         num_groups=batch.num_groups)
+        return finish(adv, metrics, response_mask, batch)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
+from itertools import repeat
 from typing import Any, Optional
 
 import numpy as np
@@ -51,21 +52,22 @@ import torch
 from verl.trainer.ppo.core_algos import register_adv_est
 
 from verl_difficulty.estimators.common import (
+    TokenBatch,
     batch_group_metrics,
     check_finite,
     finish,
     named_metrics,
+    one_intraop_thread,
     read_batch,
     read_float_column,
+    reward_groups,
     summary_stats,
 )
 from verl_difficulty.estimators.config import DurianConfig
 from verl_difficulty.estimators.groups import (
     STAT_DTYPE,
     GroupMoments,
-    dense_ids,
     group_mean,
-    group_moments,
     pooled_moments,
     row_sums,
 )
@@ -177,24 +179,24 @@ def quantile_group_ids(
 def _branch(
     name: str,
     prompt_values: torch.Tensor,
+    present_idx: torch.Tensor,
     fractions: Sequence[Fraction | float],
     edges: Optional[Sequence[float]],
-    r: torch.Tensor,
-    gid: torch.Tensor,
     m: GroupMoments,
-    valid: torch.Tensor,
     eps: float,
     metrics: dict[str, Any],
 ) -> torch.Tensor:
-    """One regrouped P3 branch (arXiv 2602.21743): quantile groups of the present prompts' (G,) values, pooled
-    sigma_a over each group's rollouts, and ``A^X = (r - mu_s) / (sigma_a + eps)`` as (bs,). Adds its metrics."""
-    present = m.present
+    """One regrouped P3 branch (arXiv 2602.21743): quantile groups of the present prompts' (G,) values, the pooled
+    sigma_a of each group's rollouts, and the (G,) per-prompt factor ``1 / (sigma_{a(s)} + eps)`` of
+    ``A^X = (r - mu_s) / (sigma_a + eps)``. ``present_idx``: the prompts with rollouts. Adds its metrics."""
     num_pools = len(fractions) + 1
-    groups, used_edges = quantile_group_ids(prompt_values[present], fractions, edges)
-    pool_of_prompt = torch.zeros(m.count.numel(), dtype=torch.int64, device=r.device)
-    pool_of_prompt[present] = groups  # absent prompts have no valid rows: their pool does not matter
-    pool, resp_pool = pooled_moments(r, gid, pool_of_prompt, num_pools, valid)
-    adv = m.centred / (pool.std[resp_pool] + eps)
+    values = prompt_values.index_select(0, present_idx)
+    metrics.update(summary_stats("entropy" if name == "percep" else "confidence", values))
+    groups, used_edges = quantile_group_ids(values, fractions, edges)
+    # absent prompts (no rollouts) stay in pool 0: they add nothing to any pool
+    pool_of_prompt = torch.zeros(m.count.numel(), dtype=torch.int64, device=m.count.device)
+    pool_of_prompt.index_copy_(0, present_idx, groups)
+    pool = pooled_moments(m, pool_of_prompt, num_pools)
 
     # per-group metrics: three small host transfers, then plain floats (the computation above is vectorised)
     n_prompts = torch.bincount(groups, minlength=num_pools).tolist()
@@ -207,7 +209,7 @@ def _branch(
         for k, e in enumerate(used_edges.tolist()):
             metrics[f"{name}_edge/{k}"] = e
     metrics.update(summary_stats(f"{name}_std", pool.std[pool.present]))
-    return adv
+    return 1.0 / (pool.std.index_select(0, pool_of_prompt) + eps)
 
 
 def durian_advantage(
@@ -218,6 +220,7 @@ def durian_advantage(
     entropy: Optional[torch.Tensor] = None,
     confidence: Optional[torch.Tensor] = None,
     valid: Optional[torch.Tensor] = None,
+    num_groups: Optional[int] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     r"""Per-response Durian advantages (pure tensor core; P3 Durian, arXiv 2602.21743).
 
@@ -232,6 +235,7 @@ def durian_advantage(
         confidence: (bs,) float per-response confidence (length-normalised sequence log-prob, or summed token
             probability); needed when ``alpha_reason > 0``. The prompt's L is the mean over its non-empty responses.
         valid: (bs,) bool, False for empty responses (advantage 0, excluded from every statistic).
+        num_groups: G when ``group_ids`` already are dense ids ``0..G-1`` (saves a check); else None.
 
     Returns:
         advantages: (bs,) dtype of ``scores`` (float32 if integer).
@@ -242,23 +246,17 @@ def durian_advantage(
     Raises:
         ValueError: non-finite rewards or confidences (how many, which indices); a missing input of an active branch.
     """
-    bs = scores.shape[0]
-    if group_ids.shape != (bs,):
-        raise ValueError(f"group_ids must be (bs,)={bs}, got {tuple(group_ids.shape)}")
-    check_finite(scores, "reward")
-    out_dtype = scores.dtype if scores.is_floating_point() else torch.float32
-    dev = scores.device
-    valid = torch.ones(bs, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
-    r = scores.to(STAT_DTYPE)
-    gid, num_groups = dense_ids(group_ids.to(dev))
-    m = group_moments(r, gid, num_groups, valid)
-    present = m.present
+    g = reward_groups(scores, group_ids, valid, num_groups)
+    gid, num_groups, valid, m = g.gid, g.num_groups, g.valid, g.moments
+    present_idx = torch.nonzero(m.present).flatten()
     eps = cfg.epsilon
+    dev = scores.device
 
     metrics: dict[str, Any] = batch_group_metrics(m, valid)
-    adv = torch.zeros(bs, dtype=STAT_DTYPE, device=dev)
+    # A = (r - mu_s) * factor_s, factor_s = sum over the active branches of alpha / (that branch's std + eps)
+    factor = torch.zeros(num_groups, dtype=STAT_DTYPE, device=dev)
     if cfg.alpha_ori > 0:
-        adv += cfg.alpha_ori * (m.centred / (m.std[gid] + eps))
+        factor += cfg.alpha_ori / (m.std + eps)
 
     if cfg.alpha_percep > 0:
         entropy = None if entropy is None else entropy.to(dev, STAT_DTYPE)
@@ -275,10 +273,8 @@ def durian_advantage(
         else:
             metrics["percep_active"] = 1.0
             h = group_mean(entropy, gid, num_groups, valid, m.count)
-            metrics.update(summary_stats("entropy", h[present]))
-            adv += cfg.alpha_percep * _branch(
-                "percep", h, cfg.percep_quantiles, cfg.percep_edges, r, gid, m, valid, eps, metrics
-            )
+            factor += cfg.alpha_percep * _branch("percep", h, present_idx, cfg.percep_quantiles, cfg.percep_edges, m,
+                                                 eps, metrics)
 
     if cfg.alpha_reason > 0:
         if confidence is None:
@@ -289,11 +285,11 @@ def durian_advantage(
         conf = confidence.to(dev, STAT_DTYPE)
         check_finite(torch.where(valid, conf, torch.zeros_like(conf)), "confidence (mean old_log_prob)")
         lval = group_mean(conf, gid, num_groups, valid, m.count)
-        metrics.update(summary_stats("confidence", lval[present]))
         fractions = [Fraction(k, cfg.reason_groups) for k in range(1, cfg.reason_groups)]
-        adv += cfg.alpha_reason * _branch("reason", lval, fractions, None, r, gid, m, valid, eps, metrics)
+        factor += cfg.alpha_reason * _branch("reason", lval, present_idx, fractions, None, m, eps, metrics)
 
-    return adv.to(out_dtype), named_metrics(METRIC_PART, metrics)
+    adv = m.centred * factor.index_select(0, gid)
+    return adv.to(g.out_dtype), named_metrics(METRIC_PART, metrics)
 
 
 # ======================================================================================================================
@@ -316,9 +312,11 @@ def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[n
     if len(extra) != bs:
         raise ValueError(f"non_tensor_batch[{EXTRA_INFO!r}] must have length {bs}, got {len(extra)}")
 
-    key = VISUAL_ENTROPY
-    # the seam's rows are plain dicts: test the exact type first (an ABC isinstance check costs ~10x more per row)
-    vals = [e.get(key) if type(e) is dict else (e.get(key) if isinstance(e, Mapping) else None) for e in extra]
+    try:  # fast path: the seam's rows are plain dicts that all hold a number
+        return np.fromiter(map(dict.get, extra, repeat(VISUAL_ENTROPY, bs)), dtype=np.float64, count=bs)
+    except (TypeError, ValueError):  # a row that is no dict, a missing or non-numeric value
+        pass
+    vals = [e.get(VISUAL_ENTROPY) if isinstance(e, Mapping) else None for e in extra]
     try:  # None -> NaN
         return np.array(vals, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -388,24 +386,32 @@ def compute_durian_advantage(
     """
     cfg = DurianConfig.from_algorithm_config(config)
     with torch.no_grad():
-        bs = token_level_rewards.shape[0]
         lp = old_log_probs if cfg.alpha_reason > 0 else None
         batch = read_batch(token_level_rewards, response_mask, index, non_tensor_batch, lp, exp_log_probs=cfg.sum_prob)
+        with one_intraop_thread(batch.scores.device):
+            entropy, confidence = _branch_inputs(cfg, batch, non_tensor_batch, old_log_probs)
+            adv, metrics = durian_advantage(batch.scores, batch.gid, cfg, entropy=entropy, confidence=confidence,
+                                            valid=batch.valid, num_groups=batch.num_groups)
+        return finish(adv, metrics, response_mask, batch)
 
-        entropy = None
-        if cfg.alpha_percep > 0:
-            ent = read_visual_entropy(non_tensor_batch, bs)
-            entropy = None if ent is None else torch.from_numpy(ent)
-        problems = []  # name every missing input at once
-        if cfg.alpha_reason > 0 and old_log_probs is None:
-            problems.append(_missing_log_probs_message(cfg.alpha_reason))
-        if problems and entropy is None and cfg.alpha_percep > 0 and cfg.on_missing_entropy == "error":
-            n_valid = int(batch.valid.sum())
-            problems.append(_missing_entropy_message(cfg.alpha_percep, n_valid, n_valid))
-        if problems:
-            raise ValueError("\n".join(problems))
 
-        confidence = None if lp is None else _confidence(batch.log_prob_sum, batch.lengths, cfg.sum_prob)
-        adv, metrics = durian_advantage(batch.scores, batch.gid, cfg, entropy=entropy, confidence=confidence,
-                                        valid=batch.valid)
-        return finish(adv, metrics, response_mask, batch.dtype)
+def _branch_inputs(
+    cfg: DurianConfig, batch: TokenBatch, non_tensor_batch: Optional[dict], old_log_probs: Optional[torch.Tensor]
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(bs,) visual entropy and confidence for the active branches; every missing input is named at once."""
+    entropy = None
+    if cfg.alpha_percep > 0:
+        ent = read_visual_entropy(non_tensor_batch, batch.scores.shape[0])
+        entropy = None if ent is None else torch.from_numpy(ent)
+    problems = []
+    if cfg.alpha_reason > 0 and old_log_probs is None:
+        problems.append(_missing_log_probs_message(cfg.alpha_reason))
+    if problems and entropy is None and cfg.alpha_percep > 0 and cfg.on_missing_entropy == "error":
+        n_valid = int(batch.valid.sum())
+        problems.append(_missing_entropy_message(cfg.alpha_percep, n_valid, n_valid))
+    if problems:
+        raise ValueError("\n".join(problems))
+    confidence = None
+    if cfg.alpha_reason > 0:
+        confidence = _confidence(batch.log_prob_sum, batch.lengths, cfg.sum_prob)
+    return entropy, confidence

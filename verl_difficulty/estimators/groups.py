@@ -5,17 +5,18 @@ Pure functions, no verl types. Shapes: ``bs`` responses of ``T`` tokens, ``G`` g
 
 Token level (the only functions that touch (bs, T) tensors):
 
-* :func:`row_sums` reads the token tensors once, in row blocks that stay in cache, and returns per-response scalars:
-  the reward ``r = sum_t token_level_rewards`` (all T tokens, as verl's GRPO), the length ``sum_t mask`` and,
-  for P3, the masked sum of the log-probabilities (or of the probabilities).
+* :func:`row_sums` reads the token tensors once and returns per-response scalars: the reward
+  ``r = sum_t token_level_rewards`` (all T tokens, as verl's GRPO), which rows are non-empty and, for P3, the length
+  and the masked sum of the log-probabilities (or of the probabilities), in row blocks that stay in cache.
 * :func:`broadcast_to_tokens` writes the final advantage once: ``A[:, None] * mask`` into a fresh (bs, T) tensor.
 
 Everything else works on (bs,) and (G,) vectors in float64:
 
 * :func:`group_ids` / :func:`dense_ids`: verl's uid labels (or any integer labels) -> dense ids ``0..G-1``.
-* :func:`group_count`, :func:`group_sum`, :func:`group_mean`: masked per-group reductions (``index_add``, no loop).
+* :func:`group_count`, :func:`group_sum`, :func:`group_mean`: masked per-group reductions (``bincount``, no loop).
 * :func:`group_moments`: count, mean, unbiased std, zero-variance flag and the centred values ``r - mean``.
-* :func:`pooled_moments`: the same statistics with the responses of several prompts pooled (P3's sigma_a).
+* :func:`pooled_moments`: the std of the responses of several prompts pooled together (P3's sigma_a), from the
+  prompts' own moments.
 
 Conventions (both estimators): a response with an empty mask (``valid`` False) takes part in no statistic; its
 centred value is 0. Groups with fewer than 2 valid responses have std 0 and centred values exactly 0; so have groups
@@ -37,26 +38,29 @@ __all__ = [
     "STAT_DTYPE",
     "RowSums",
     "row_sums",
+    "nonempty_rows",
     "broadcast_to_tokens",
     "group_ids",
     "dense_ids",
     "group_count",
+    "select",
     "group_sum",
     "group_mean",
     "unbiased_std",
     "GroupMoments",
     "group_moments",
+    "PooledMoments",
     "pooled_moments",
 ]
 
 STAT_DTYPE = torch.float64
 """dtype of every per-response / per-group statistic: they are small (bs,) / (G,) vectors."""
 
-BLOCK_BYTES = 1 << 19
-"""Bytes of one token tensor per row block in :func:`row_sums` on CPU: a block's rewards, mask and log-probs stay in
-L2 while they are reduced, and the per-call overhead is small against the block's work."""
+BLOCK_BYTES = 1 << 20
+"""Bytes of one token tensor per row block of :func:`row_sums` on CPU: a block's mask is still in cache when its
+log-probs are multiplied with it, and the per-call overhead is small against the block's work."""
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_NUMPY_OK = (torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int8, torch.uint8, torch.bool)
 _POOL: Optional[ThreadPoolExecutor] = None
 _POOL_LOCK = threading.Lock()
 
@@ -69,16 +73,20 @@ class RowSums:
     """Per-response scalars of a batch (see :func:`row_sums`).
 
     Attributes:
-        lengths: (bs,) float, valid tokens per response (``sum_t mask``; the mask is 0/1).
-        valid: (bs,) bool, ``lengths > 0`` (non-empty responses).
+        valid: (bs,) bool, non-empty responses (some mask entry non-zero).
+        lengths: (bs,) float, valid tokens per response (``sum_t mask``; the mask is 0/1); computed with the
+            log-prob sum (the mask is read for it anyway), else None.
         scores: (bs,) float, ``sum_t token_level_rewards`` over all T tokens, or None.
         log_prob_sum: (bs,) float, ``sum_{t: mask != 0} x_t`` with ``x = log_probs`` (or ``exp(log_probs)``), or None.
+        mask_copy: (bs, T) the mask converted to ``dtype`` when it had another dtype and was read in full (with
+            ``log_probs``), else None. A fresh tensor: :func:`broadcast_to_tokens` may write the output into it.
     """
 
-    lengths: torch.Tensor
     valid: torch.Tensor
+    lengths: Optional[torch.Tensor] = None
     scores: Optional[torch.Tensor] = None
     log_prob_sum: Optional[torch.Tensor] = None
+    mask_copy: Optional[torch.Tensor] = None
 
 
 def row_sums(
@@ -91,11 +99,13 @@ def row_sums(
 ) -> RowSums:
     r"""Per-response reductions of the (bs, T) token tensors, reading each input once.
 
-    On CPU the rows are reduced in blocks of about ``BLOCK_BYTES`` per tensor (numpy kernels, the row ranges split
-    over ``torch.get_num_threads()`` threads): a block's mask is read from memory once and reused from cache for the
-    length and the masked log-prob sum, and a non-float mask is converted per block, so there is no (bs, T)
-    temporary and no per-operation thread synchronisation. Elsewhere (accelerators, dtypes numpy lacks) plain torch
-    reductions.
+    Without ``log_probs`` nothing is selected per token: the rewards' row sum is one torch reduction (as in verl's
+    GRPO) and the non-empty rows come from :func:`nonempty_rows`, which reads one mask column, not the mask.
+
+    With ``log_probs``, the mask and the log-probs are reduced together (:func:`_masked_sums_cpu` on CPU: row blocks
+    that stay in cache, split over threads, no (bs, T) temporary). A mask of another dtype (verl's is int64) is
+    converted on the way into ``mask_copy``, which becomes the output buffer. The rewards' row sum is one reduction
+    of their own.
 
     The masked sum **selects** the tokens with ``mask != 0``: what sits at a masked position (padding, ``-inf``,
     NaN) never enters a response's sum. It is computed as the dot product of the row with its 0/1 mask, which equals
@@ -117,34 +127,93 @@ def row_sums(
     for name, t in (("token_level_rewards", token_level_rewards), ("log_probs", log_probs)):
         if t is not None and tuple(t.shape) != (bs, T):
             raise ValueError(f"{name} {tuple(t.shape)} must match response_mask {(bs, T)}")
-    tensors = [t for t in (response_mask, token_level_rewards, log_probs) if t is not None]
-    if dtype in _NUMPY_DTYPES and all(t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in tensors):
-        lengths, scores, lp_sum = _row_sums_numpy(response_mask, token_level_rewards, log_probs, exp_log_probs, dtype)
-    else:
-        lengths, scores, lp_sum = _row_sums_torch(response_mask, token_level_rewards, log_probs, exp_log_probs, dtype)
-    if lp_sum is not None:
-        redo = torch.nonzero(~torch.isfinite(lp_sum)).flatten()
-        if redo.numel():  # explicit selection for the rows the product could not settle
-            x = log_probs[redo].to(dtype)
-            x = torch.exp(x) if exp_log_probs else x
-            keep = response_mask[redo] != 0
-            lp_sum[redo] = torch.where(keep, x, torch.zeros((), dtype=dtype, device=x.device)).sum(-1)
-    return RowSums(lengths=lengths, valid=lengths > 0, scores=scores, log_prob_sum=lp_sum)
+    dev = response_mask.device
+    lengths = lp_sum = mask_copy = None
+    if log_probs is not None:  # first: its helper threads start before torch's thread pool has work
+        lengths = torch.empty(bs, dtype=dtype, device=dev)
+        lp_sum = torch.empty(bs, dtype=dtype, device=dev)
+        mask_copy = None if response_mask.dtype == dtype else torch.empty(bs, T, dtype=dtype, device=dev)
+        args = (response_mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy)
+        numpy_ok = all(t.device.type == "cpu" and t.dtype in _NUMPY_OK for t in (response_mask, log_probs))
+        if dev.type == "cpu" and dtype in (torch.float32, torch.float64) and numpy_ok:
+            _masked_sums_cpu(*args)
+        else:
+            _masked_sums_torch(*args)
+    scores = None
+    if token_level_rewards is not None:
+        if token_level_rewards.dtype == dtype:  # a matrix-vector product (BLAS gemv): faster than sum
+            scores = torch.mv(token_level_rewards, torch.ones(T, dtype=dtype, device=token_level_rewards.device))
+        else:  # integer rewards
+            scores = token_level_rewards.sum(-1, dtype=dtype)
+    if log_probs is None:
+        return RowSums(valid=nonempty_rows(response_mask), scores=scores)
+    redo = torch.nonzero(~torch.isfinite(lp_sum)).flatten()
+    if redo.numel():  # explicit selection for the rows the product could not settle
+        x = log_probs[redo].to(dtype)
+        x = torch.exp(x) if exp_log_probs else x
+        keep = response_mask[redo] != 0
+        lp_sum[redo] = torch.where(keep, x, torch.zeros((), dtype=dtype, device=x.device)).sum(-1)
+    return RowSums(valid=lengths > 0, lengths=lengths, scores=scores, log_prob_sum=lp_sum, mask_copy=mask_copy)
 
 
-def _row_sums_torch(mask, rewards, log_probs, exp_log_probs, dtype):
-    """Whole-tensor torch reductions (accelerators: each is one fused kernel)."""
-    m = mask if mask.dtype == dtype else mask.to(dtype)
-    scores = None if rewards is None else rewards.sum(-1, dtype=dtype)
-    lp_sum = None
-    if log_probs is not None:
-        x = log_probs.to(dtype)
-        lp_sum = torch.linalg.vecdot(torch.exp(x) if exp_log_probs else x, m)
-    return m.sum(-1), scores, lp_sum
+def _masked_sums_torch(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy) -> None:
+    """Lengths and mask-weighted log-prob sums with whole-tensor torch operations (accelerators, odd dtypes)."""
+    dtype = lengths.dtype
+    m = mask if mask_copy is None else mask_copy.copy_(mask)
+    ones = torch.ones(mask.shape[1], dtype=dtype, device=mask.device)
+    torch.mv(m, ones, out=lengths)
+    x = log_probs.to(dtype)
+    torch.mv((torch.exp(x) if exp_log_probs else x) * m, ones, out=lp_sum)
+
+
+def _masked_sums_cpu(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy) -> None:
+    """Lengths and mask-weighted log-prob sums on CPU: numpy kernels over row blocks of ``BLOCK_BYTES``.
+
+    The row range is split over ``torch.get_num_threads()`` threads (numpy releases the GIL), so the pass has no
+    per-operation thread synchronisation: torch's parallel kernels on every block would wait for the whole thread
+    pool each time, which, on a CPU shared with other processes, cost 20x the pass. A block's mask is read from
+    memory once (converted into ``mask_copy`` when given) and reused from cache for the length and the product.
+    """
+    bs, T = mask.shape
+    np_dtype = np.float32 if lengths.dtype == torch.float32 else np.float64
+    m_src, x_src = mask.detach().numpy(), log_probs.detach().numpy()
+    m_dst = None if mask_copy is None else mask_copy.numpy()
+    len_out, sum_out = lengths.numpy(), lp_sum.numpy()
+    rows = max(1, BLOCK_BYTES // max(1, T * np.dtype(np_dtype).itemsize))
+    convert_x = exp_log_probs or x_src.dtype != np_dtype
+
+    def work(lo: int, hi: int) -> None:
+        x_buf = np.empty((min(rows, hi - lo), T), dtype=np_dtype) if convert_x else None
+        with np.errstate(all="ignore"):  # inf * 0 at a masked position is settled by selection afterwards
+            for a in range(lo, hi, rows):
+                b = min(a + rows, hi)
+                m = m_src[a:b]
+                if m_dst is not None:
+                    np.copyto(m_dst[a:b], m, casting="unsafe")
+                    m = m_dst[a:b]
+                np.einsum("ij->i", m, out=len_out[a:b])  # einsum: a SIMD row sum, 3x np.sum's pairwise speed
+                x = x_src[a:b]
+                if convert_x:
+                    x = x_buf[: b - a]
+                    np.copyto(x, x_src[a:b], casting="unsafe")
+                    if exp_log_probs:
+                        np.exp(x, out=x)
+                np.einsum("ij,ij->i", x, m, out=sum_out[a:b])
+
+    n_blocks = -(-bs // rows)
+    workers = max(1, min(torch.get_num_threads(), n_blocks))
+    if workers == 1:
+        work(0, bs)
+        return
+    step = -(-n_blocks // workers) * rows  # contiguous ranges of whole blocks; this thread takes the first
+    futures = [_pool().submit(work, lo, min(bs, lo + step)) for lo in range(step, bs, step)]
+    work(0, min(bs, step))
+    for f in futures:
+        f.result()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """The helper threads of :func:`row_sums` (created on first use; threads start on demand)."""
+    """The helper threads of :func:`_masked_sums_cpu` (created on first use; threads start on demand)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
@@ -153,72 +222,50 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-def _row_sums_numpy(mask, rewards, log_probs, exp_log_probs, dtype):
-    """CPU: row blocks with numpy kernels (they release the GIL), row ranges split over the torch thread count."""
-    bs, T = mask.shape
-    np_dtype = _NUMPY_DTYPES[dtype]
-    m_all = mask.detach().numpy()
-    r_all = None if rewards is None else rewards.detach().numpy()
-    x_all = None if log_probs is None else log_probs.detach().numpy()
-    lengths = np.empty(bs, dtype=np_dtype)
-    scores = None if r_all is None else np.empty(bs, dtype=np_dtype)
-    lp_sum = None if x_all is None else np.empty(bs, dtype=np_dtype)
-    rows = max(1, BLOCK_BYTES // max(1, T * np.dtype(np_dtype).itemsize))
-
-    def work(lo: int, hi: int) -> None:
-        n = min(rows, hi - lo)
-
-        def buffer(src, convert):  # a per-thread block buffer for an input that needs a dtype conversion (or exp)
-            return np.empty((n, T), dtype=np_dtype) if src is not None and (convert or src.dtype != np_dtype) else None
-
-        def block(src, buf, a, b):  # rows a:b of src as np_dtype: a view, or converted into buf
-            if buf is None:
-                return src[a:b]
-            np.copyto(buf[: b - a], src[a:b], casting="unsafe")
-            return buf[: b - a]
-
-        m_buf, r_buf, x_buf = buffer(m_all, False), buffer(r_all, False), buffer(x_all, exp_log_probs)
-        with np.errstate(all="ignore"):  # inf * 0 at a masked position is settled by selection afterwards
-            for a in range(lo, hi, rows):
-                b = min(a + rows, hi)
-                m = block(m_all, m_buf, a, b)
-                np.einsum("ij->i", m, out=lengths[a:b])  # einsum: a SIMD row sum, 3x np.sum's pairwise speed
-                if scores is not None:
-                    np.einsum("ij->i", block(r_all, r_buf, a, b), out=scores[a:b])
-                if lp_sum is not None:
-                    x = block(x_all, x_buf, a, b)
-                    if exp_log_probs:
-                        np.exp(x, out=x)  # x is this thread's buffer here
-                    np.einsum("ij,ij->i", x, m, out=lp_sum[a:b])
-
-    n_blocks = -(-bs // rows) if bs else 0
-    workers = max(1, min(torch.get_num_threads(), n_blocks))
-    if workers == 1:
-        work(0, bs)
-    else:  # contiguous row ranges of whole blocks; this thread takes the first
-        step = -(-n_blocks // workers) * rows
-        futures = [_pool().submit(work, lo, min(bs, lo + step)) for lo in range(step, bs, step)]
-        work(0, min(bs, step))
-        for f in futures:
-            f.result()
-
-    def tensor(a):
-        return None if a is None else torch.from_numpy(a)
-
-    return tensor(lengths), tensor(scores), tensor(lp_sum)
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: it makes its own pool on first use."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
 
 
-def broadcast_to_tokens(values: torch.Tensor, response_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def nonempty_rows(response_mask: torch.Tensor) -> torch.Tensor:
+    """(bs, T) mask -> (bs,) bool, rows with a non-zero entry, reading one column instead of the whole mask.
+
+    A row whose first entry is set is non-empty; only the other rows (empty responses, or a response whose first
+    token is masked, which verl's responses, starting with a generated token, do not have) are read in full.
+    """
+    bs, T = response_mask.shape
+    if T == 0:
+        return torch.zeros(bs, dtype=torch.bool, device=response_mask.device)
+    valid = response_mask[:, 0] != 0
+    rest = torch.nonzero(~valid).flatten()
+    if rest.numel():
+        valid[rest] = (response_mask.index_select(0, rest) != 0).any(-1)
+    return valid
+
+
+def broadcast_to_tokens(
+    values: torch.Tensor,
+    response_mask: torch.Tensor,
+    dtype: torch.dtype,
+    mask_copy: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """(bs,) per-response values, (bs, T) 0/1 mask -> (bs, T) ``values[:, None] * mask`` of ``dtype``, written once.
 
-    One pass over the mask into a fresh output (the caller's mask is never modified); a mask of another dtype is
-    promoted inside the multiply, without a converted copy. ``values`` must be finite (0 at masked tokens).
+    A mask of ``dtype``: one multiply into a fresh tensor. A mask of another dtype (verl's int64, bool): the
+    multiply runs in place in ``mask_copy`` (the mask already converted to ``dtype``, a tensor the caller owns, e.g.
+    :attr:`RowSums.mask_copy`) or in a converted copy made here; a conversion plus a same-dtype multiply is faster
+    than torch's type-promoting multiply. The caller's ``response_mask`` is never modified. ``values`` must be finite.
     """
     col = values.to(device=response_mask.device, dtype=dtype).unsqueeze(-1)
     if response_mask.dtype == dtype:
         return col * response_mask
-    out = torch.empty(response_mask.shape, dtype=dtype, device=response_mask.device)
-    return torch.mul(response_mask, col, out=out)
+    out = response_mask.to(dtype) if mask_copy is None else mask_copy
+    return out.mul_(col)
 
 
 # ======================================================================================================================
@@ -246,17 +293,42 @@ def group_ids(index: Any, bs: int, non_tensor_batch: Optional[dict] = None) -> t
     arr = np.asarray(index)
     if arr.ndim != 1 or arr.shape[0] != bs:
         raise ValueError(f"index/uid must be a 1-D array of length {bs} (one per response), got shape {arr.shape}")
+    codes = _run_codes(arr)
+    if codes is None:
+        codes = _factorize(arr)
+    codes = np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
+    return torch.from_numpy(codes), int(codes.max()) + 1 if bs else 0
+
+
+def _factorize(arr: np.ndarray) -> np.ndarray:
     try:  # hash-based, O(bs): ~5x faster than np.unique on uuid strings
         import pandas as pd
 
-        codes = pd.factorize(arr, use_na_sentinel=False)[0]
+        return pd.factorize(arr, use_na_sentinel=False)[0]
     except (ImportError, TypeError):  # no pandas, or unhashable labels
         try:
-            _, codes = np.unique(arr, return_inverse=True)
+            return np.unique(arr, return_inverse=True)[1]
         except TypeError:
-            _, codes = np.unique(np.array([str(x) for x in arr], dtype=object), return_inverse=True)
-    codes = np.ascontiguousarray(codes.reshape(-1), dtype=np.int64)
-    return torch.from_numpy(codes), int(codes.max()) + 1 if bs else 0
+            return np.unique(np.array([str(x) for x in arr], dtype=object), return_inverse=True)[1]
+
+
+def _run_codes(arr: np.ndarray) -> Optional[np.ndarray]:
+    """Codes of labels that come in contiguous runs, one run per label (verl repeats each uid n times in a row):
+    compare neighbours, factorize only the run heads. None when a label has several runs (or cannot be compared)."""
+    if arr.shape[0] < 2:
+        return None
+    try:
+        starts = np.empty(arr.shape[0], dtype=bool)
+        starts[0] = True
+        np.not_equal(arr[1:], arr[:-1], out=starts[1:])
+    except (TypeError, ValueError):
+        return None
+    heads = np.flatnonzero(starts)
+    if len(heads) > arr.shape[0] // 2:  # mostly singletons: no gain
+        return None
+    if int(_factorize(arr[heads]).max()) + 1 != len(heads):
+        return None  # a label reappears later: not one run per label
+    return np.cumsum(starts) - 1
 
 
 def dense_ids(labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -279,16 +351,27 @@ def dense_ids(labels: torch.Tensor) -> tuple[torch.Tensor, int]:
 # ======================================================================================================================
 # masked per-group reductions on (bs,) vectors
 # ======================================================================================================================
+def _sum_by(ids: torch.Tensor, weights: torch.Tensor, n: int) -> torch.Tensor:
+    """(k,) ids in ``[0, n)``, (k,) float64 weights -> (n,) float64 per-id sums (``bincount``)."""
+    if ids.numel() == 0:  # bincount of nothing is an int64 tensor
+        return torch.zeros(n, dtype=STAT_DTYPE, device=weights.device)
+    return torch.bincount(ids, weights=weights, minlength=n)
+
+
 def group_count(gid: torch.Tensor, num_groups: int, valid: torch.Tensor) -> torch.Tensor:
     """(bs,) ids, (bs,) bool -> (G,) float64 number of valid responses per group."""
-    return torch.zeros(num_groups, dtype=STAT_DTYPE, device=gid.device).index_add_(0, gid, valid.to(STAT_DTYPE))
+    return _sum_by(gid, valid.to(STAT_DTYPE), num_groups)
+
+
+def select(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(bs,) values, (bs,) bool -> (bs,) float64 values where valid, 0 elsewhere (by selection: a NaN at an invalid
+    row does not leak into a sum)."""
+    return torch.where(valid, values.to(STAT_DTYPE), torch.zeros((), dtype=STAT_DTYPE, device=values.device))
 
 
 def group_sum(values: torch.Tensor, gid: torch.Tensor, num_groups: int, valid: torch.Tensor) -> torch.Tensor:
-    """(bs,) values, ids, bool -> (G,) float64 sum of the valid values per group (invalid rows are selected out, so
-    a NaN there does not leak)."""
-    vals = torch.where(valid, values.to(STAT_DTYPE), torch.zeros((), dtype=STAT_DTYPE, device=values.device))
-    return torch.zeros(num_groups, dtype=STAT_DTYPE, device=values.device).index_add_(0, gid, vals)
+    """(bs,) values, ids, bool -> (G,) float64 sum of the valid values per group (see :func:`select`)."""
+    return _sum_by(gid, select(values, valid), num_groups)
 
 
 def group_mean(
@@ -308,8 +391,8 @@ def group_mean(
 
 def unbiased_std(sum_sq: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """(G,) sums of squared deviations and counts -> (G,) unbiased std ``sqrt(ss / (n - 1))``; 0 where n < 2."""
-    std = torch.sqrt(sum_sq / (count - 1.0).clamp(min=1.0))
-    return torch.where(count >= 2, std, torch.zeros_like(std))
+    std = (sum_sq / (count - 1.0).clamp(min=1.0)).sqrt_()
+    return std.masked_fill_(count < 2, 0.0)
 
 
 @dataclass
@@ -318,15 +401,22 @@ class GroupMoments:
 
     Attributes:
         count:   (G,) float64, valid responses per group.
+        total:   (G,) float64, sum of the valid values.
         mean:    (G,) float64, mean (0 for a group without valid responses).
+        sum_sq:  (G,) float64, sum of squared deviations from the mean (exactly 0 in constant groups).
         std:     (G,) float64, unbiased std; 0 when count < 2 or when all values are equal.
+        vmin, vmax: (G,) float64, smallest / largest valid value (+inf / -inf for a group without any).
         const:   (G,) bool, count >= 2 and every value equal (max == min, exact).
         centred: (bs,) float64, ``value - mean[group]``; exactly 0 in constant groups, singletons and invalid rows.
     """
 
     count: torch.Tensor
+    total: torch.Tensor
     mean: torch.Tensor
+    sum_sq: torch.Tensor
     std: torch.Tensor
+    vmin: torch.Tensor
+    vmax: torch.Tensor
     const: torch.Tensor
     centred: torch.Tensor
 
@@ -336,8 +426,14 @@ class GroupMoments:
         return self.count > 0
 
 
+def _scatter(values: torch.Tensor, ids: torch.Tensor, n: int, reduce: str) -> torch.Tensor:
+    """(k,) values, (k,) ids -> (n,) per-id ``amin`` / ``amax`` (+inf / -inf for an id without values)."""
+    start = torch.inf if reduce == "amin" else -torch.inf
+    return torch.full((n,), start, dtype=STAT_DTYPE, device=values.device).scatter_reduce_(0, ids, values, reduce)
+
+
 def group_moments(values: torch.Tensor, gid: torch.Tensor, num_groups: int, valid: torch.Tensor) -> GroupMoments:
-    """Two-pass per-group count / mean / unbiased std of (bs,) ``values`` (``index_add``, no loop over groups).
+    """Two-pass per-group count / mean / unbiased std of (bs,) ``values`` (``bincount``, no loop over groups).
 
     The GRPO group statistics of P2 (arXiv 2505.13261) and P3 (arXiv 2602.21743).
 
@@ -347,39 +443,61 @@ def group_moments(values: torch.Tensor, gid: torch.Tensor, num_groups: int, vali
         num_groups: G.
         valid: (bs,) bool, rows that take part (non-empty responses).
     Returns:
-        :class:`GroupMoments` with (G,) count / mean / std / const and (bs,) centred, all float64 (const bool).
+        :class:`GroupMoments`: (G,) statistics and (bs,) centred values, float64 (``const`` bool).
     """
-    vals = values.to(STAT_DTYPE)
+    vals = select(values, valid)
     count = group_count(gid, num_groups, valid)
-    mean = group_mean(vals, gid, num_groups, valid, count)
-    inf = torch.full((num_groups,), torch.inf, dtype=STAT_DTYPE, device=vals.device)
-    vmax = (-inf).scatter_reduce(0, gid, torch.where(valid, vals, -torch.inf), reduce="amax")
-    vmin = inf.scatter_reduce(0, gid, torch.where(valid, vals, torch.inf), reduce="amin")
+    total = _sum_by(gid, vals, num_groups)
+    mean = total / count.clamp(min=1.0)
+    # zero variance, exactly: max == min over the valid values (a mean of equal values need not equal them)
+    vmin = _scatter(vals.masked_fill(~valid, torch.inf), gid, num_groups, "amin")
+    vmax = _scatter(vals.masked_fill(~valid, -torch.inf), gid, num_groups, "amax")
     const = (count >= 2) & (vmax == vmin)
-    flat = const | (count < 2)  # singletons: value - mean is 0 anyway; make it exact
-    centred = torch.where(valid & ~flat[gid], vals - mean[gid], torch.zeros((), dtype=STAT_DTYPE, device=vals.device))
-    sum_sq = torch.zeros(num_groups, dtype=STAT_DTYPE, device=vals.device).index_add_(0, gid, centred * centred)
-    return GroupMoments(count=count, mean=mean, std=unbiased_std(sum_sq, count), const=const, centred=centred)
+    spread = ~(const | (count < 2))  # singletons: value - mean is 0 anyway; make it exact
+    centred = (vals - mean.index_select(0, gid)).mul_((valid & spread.index_select(0, gid)).to(STAT_DTYPE))
+    sum_sq = _sum_by(gid, centred * centred, num_groups)
+    return GroupMoments(count=count, total=total, mean=mean, sum_sq=sum_sq, std=unbiased_std(sum_sq, count),
+                        vmin=vmin, vmax=vmax, const=const, centred=centred)
 
 
-def pooled_moments(
-    values: torch.Tensor,
-    gid: torch.Tensor,
-    pool_of_group: torch.Tensor,
-    num_pools: int,
-    valid: torch.Tensor,
-) -> tuple[GroupMoments, torch.Tensor]:
-    """Statistics of the responses of several groups pooled together (P3's sigma_a, arXiv 2602.21743).
+@dataclass
+class PooledMoments:
+    """Statistics of the values of several groups pooled together (see :func:`pooled_moments`).
+
+    Attributes:
+        count: (P,) float64, valid responses in each pool.
+        std:   (P,) float64, unbiased std of all of them; exactly 0 when they are all equal, 0 when count < 2.
+    """
+
+    count: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def present(self) -> torch.Tensor:
+        """(P,) bool, pools with at least one valid response."""
+        return self.count > 0
+
+
+def pooled_moments(m: GroupMoments, pool_of_group: torch.Tensor, num_pools: int) -> PooledMoments:
+    """Std of the values of all groups in a pool, from the groups' own moments (P3's sigma_a, arXiv 2602.21743).
+
+    With ``n_s, mu_s, SS_s`` the count, mean and sum of squared deviations of group ``s``: a pool ``a`` holds
+    ``N_a = sum_s n_s`` values with mean ``mu_a = sum_s total_s / N_a`` and ``SS_a = sum_s SS_s + n_s (mu_s - mu_a)^2``
+    (the exact decomposition of the pooled sum of squares), so ``sigma_a = sqrt(SS_a / (N_a - 1))``. Works on (G,)
+    vectors only; a pool whose values are all equal (max == min over its groups) gets exactly 0.
 
     Args:
-        values: (bs,) per-response values (rewards).
-        gid: (bs,) group (prompt) id of each response.
-        pool_of_group: (G,) int64 pool in ``[0, num_pools)`` of each group.
+        m: the (G,) moments of the groups.
+        pool_of_group: (G,) int64 pool in ``[0, num_pools)`` of each group (groups without values may be anywhere).
         num_pools: P.
-        valid: (bs,) bool.
     Returns:
-        (moments, pool): :class:`GroupMoments` over the P pools (``std`` is the unbiased std of all valid responses
-        of all prompts of the pool) and the (bs,) pool of each response.
+        :class:`PooledMoments` with (P,) count and std.
     """
-    pool = pool_of_group[gid]
-    return group_moments(values, pool, num_pools, valid), pool
+    count = _sum_by(pool_of_group, m.count, num_pools)
+    mean = _sum_by(pool_of_group, m.total, num_pools) / count.clamp(min=1.0)
+    dev = m.mean - mean.index_select(0, pool_of_group)
+    sum_sq = _sum_by(pool_of_group, m.sum_sq + m.count * dev * dev, num_pools)
+    vmin = _scatter(m.vmin, pool_of_group, num_pools, "amin")
+    vmax = _scatter(m.vmax, pool_of_group, num_pools, "amax")
+    std = unbiased_std(sum_sq, count).masked_fill_(vmax == vmin, 0.0)
+    return PooledMoments(count=count, std=std)

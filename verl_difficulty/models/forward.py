@@ -19,7 +19,11 @@ which keeps all of them. The pass runs the base model (no LM head: no ``(B, T, v
 
 ``on_layer`` returns one value per row of the batch (e.g. a float); :meth:`HFForward.forward` returns, per request, the
 list of its values over the layers in call order. :class:`ForwardBatch` (``capture.batch``) says where each row's
-prompt, response and image tokens are in the padded batch.
+prompt, response and image tokens are in the padded batch; ``capture.num_layers`` is the decoder depth L (a callback
+that reads only some layers returns cheap placeholders, e.g. None, for the others).
+
+Reductions for callbacks that read attention (:func:`aggregate_heads`, :func:`key_mass`) work on the whole batch at
+once, so a hook costs a few batched tensor operations and keeps only ``(B, T, masks)`` numbers.
 """
 
 from __future__ import annotations
@@ -68,9 +72,34 @@ class LayerCapture:
     batch: ForwardBatch
     attentions: Optional[torch.Tensor] = None
     hidden_states: Optional[torch.Tensor] = None
+    num_layers: int = 0
+    """The number of decoder layers L of the model (``layer`` runs 0..L-1)."""
 
 
 OnLayer = Callable[[LayerCapture], Sequence[Any]]
+
+HEAD_AGGREGATIONS = ("mean", "max")
+"""How :func:`aggregate_heads` combines the attention heads of a layer."""
+
+
+def aggregate_heads(attn: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """``(B, H, Q, K)`` attention weights -> ``(B, Q, K)`` float32: the mean or the max over the heads.
+
+    The mean is accumulated in float32 without a float32 copy of all heads (bf16/fp16 weights stay as they are)."""
+    if how == "mean":
+        return attn.sum(1, dtype=torch.float32).div_(attn.shape[1])
+    if how == "max":
+        return attn.amax(1).float()
+    raise ValueError(f"head aggregation must be one of {HEAD_AGGREGATIONS}, got {how!r}")
+
+
+def key_mass(attn: torch.Tensor, keys: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Attention mass per query on sets of key positions, for the whole batch at once.
+
+    ``attn``: ``(B, H, Q, K)`` weights; ``keys``: ``(B, K, M)`` (M key sets, bool or weights). Returns ``(B, Q, M)``
+    float32: ``out[b, q, m] = sum_k agg_h(attn)[b, q, k] * keys[b, k, m]`` with ``agg_h`` = :func:`aggregate_heads`.
+    """
+    return torch.bmm(aggregate_heads(attn, how), keys.to(device=attn.device, dtype=torch.float32))
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -112,8 +141,10 @@ class HFForward(HFModel):
         values: list[list[Any]] = [[] for _ in requests]
         pending: dict[int, torch.Tensor] = {}
 
+        layers = decoder_layers(self.model)
+
         def emit(layer: int, attn: Optional[torch.Tensor], hidden: Optional[torch.Tensor]) -> None:
-            got = list(on_layer(LayerCapture(layer, batch, attn, hidden)))
+            got = list(on_layer(LayerCapture(layer, batch, attn, hidden, num_layers=len(layers))))
             if len(got) != batch.size:
                 raise ValueError(f"on_layer returned {len(got)} values for a batch of {batch.size} rows")
             for row, v in zip(values, got):
@@ -142,7 +173,6 @@ class HFForward(HFModel):
             emit(-1, None, hidden)
 
         handles = []
-        layers = decoder_layers(self.model)
         try:
             if hidden_states:
                 handles.append(layers[0].register_forward_pre_hook(embeddings_hook, with_kwargs=True))

@@ -66,7 +66,8 @@ class RewardFields:
              "reasoning are fallbacks.")
     iou_threshold: float = setting(0.2, gt=0.0, le=1.0, source="P1", help="bbox: a box matches at IoU >= this.")
     ocr_threshold: float = setting(
-        0.5, ge=0.0, le=1.0, source="P1", help="ocr: correct at normalised similarity >= this.")
+        0.5, ge=0.0, le=1.0, source="P1",
+        help="ocr: correct at normalised similarity (2 * LCS / total length, perception.ocr_similarity) >= this.")
     max_chars: int = setting(
         DEFAULT_MAX_CHARS, ge=0,
         help="responses are cut to their last max_chars characters before grading accuracy (the format sees all of "

@@ -6,6 +6,8 @@
   last ``</think>`` is the answer: the reasoning never counts as the answer);
 * :func:`ground_truths`: a ground truth (string, number, list of acceptable answers, R1-V ``<answer>X</answer>``,
   boxed) as the strings to compare with;
+* :func:`identical_answer`: the identity short-circuit every grader applies to its extracted answer before any
+  expensive parsing (an answer identical to the ground truth is correct);
 * the format rules :func:`format_think_boxed`, :func:`format_think_answer` and :func:`check_format` (named styles,
   :data:`FORMAT_STYLES`).
 
@@ -91,6 +93,27 @@ def gt_alternatives(gt: Any) -> list:
 def ground_truths(gt: Any) -> list[str]:
     """The non-empty ground-truth strings of ``gt`` (one, or one per item of a list of acceptable answers)."""
     return [g for g in (ground_truth_text(x) for x in gt_alternatives(gt)) if g]
+
+
+def answer_key(s: str) -> str:
+    """``s`` as the identity comparison sees it: whitespace runs collapsed to one space, the ends stripped (case,
+    punctuation and LaTeX are kept: ``x + 1`` == ``x  +  1``, but ``X+1`` != ``x + 1``)."""
+    return " ".join(s.split())
+
+
+def identical_answer(answer: Optional[str], gts: Iterable[Any]) -> bool:
+    """True iff the extracted ``answer`` equals one of the ground-truth strings ``gts`` after whitespace normalisation
+    (:func:`answer_key`); False for a missing or blank answer.
+
+    Every grader checks this on the answer it extracted (its own extraction: the last box, the answer-tag content or
+    the text after the reasoning; never the reasoning), with the ground-truth strings it compares with, before any
+    expensive parsing: an answer identical to the ground truth is correct, and is graded in linear time even where
+    parsing it would not finish (``\\boxed{10^{10^{10^{10}}}}``). Format rules are judged separately, as before.
+    """
+    if not answer:
+        return False
+    key = answer_key(answer)
+    return bool(key) and any(isinstance(g, str) and key == answer_key(g) for g in gts)
 
 
 # ====================================================================================================================
@@ -299,6 +322,6 @@ def check_format(style: Optional[str], text: str, *, think_open=THINK_OPEN, thin
 
 __all__ = [
     "THINK_OPEN", "THINK_CLOSE", "ANSWER_OPEN", "ANSWER_CLOSE", "FORMAT_STYLES", "coerce_text", "truncate_tail",
-    "ground_truth_text", "gt_alternatives", "ground_truths", "scan_group", "extract_boxed", "extract_tag",
-    "answer_candidate", "format_think_boxed", "format_think_answer", "check_format",
+    "ground_truth_text", "gt_alternatives", "ground_truths", "answer_key", "identical_answer", "scan_group",
+    "extract_boxed", "extract_tag", "answer_candidate", "format_think_boxed", "format_think_answer", "check_format",
 ]

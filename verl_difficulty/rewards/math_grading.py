@@ -28,9 +28,14 @@ from verl_difficulty.rewards.extract import (
     answer_candidate,
     extract_tag,
     ground_truths,
+    identical_answer,
     scan_group,
 )
 from verl_difficulty.rewards.results import METHOD, GradeResult, fail, short
+
+IDENTICAL = "identical"
+"""``method`` of an answer identical to the ground truth (:func:`~verl_difficulty.rewards.extract.identical_answer`):
+found before any parsing."""
 
 # ====================================================================================================================
 # Normalisation
@@ -270,7 +275,9 @@ def grade_math(response: str, ground_truth: Any, *, require_boxed: bool = True,
     The answer is the last ``\\boxed{}`` (nested braces handled); with ``require_boxed=False`` the last answer-tag
     content, then the whole response, are the fallbacks (for the whole response, math-verify's own extraction of the
     final answer is used besides the normalised string). ``ground_truth`` may be a string, a number, a list of
-    acceptable answers, or an R1-V style ``<answer>X</answer>`` string. See :func:`math_equal` for the equivalence.
+    acceptable answers, or an R1-V style ``<answer>X</answer>`` string. An answer identical to a ground truth (after
+    whitespace normalisation, :func:`~verl_difficulty.rewards.extract.identical_answer`) is correct before any
+    parsing; else see :func:`math_equal` for the equivalence.
     """
     order = ("boxed",) if require_boxed else ("boxed", "answer", "text")
     gts = ground_truths(ground_truth)
@@ -279,6 +286,8 @@ def grade_math(response: str, ground_truth: Any, *, require_boxed: bool = True,
     cand, src, why = answer_candidate(response, order, answer_tags, think_close)
     if cand is None:
         return fail(why)
+    if identical_answer(cand, gts):
+        return GradeResult(acc=1.0, pred=short(cand), extras={METHOD: IDENTICAL})
     for g in gts:
         ok, how = _grade_whole_text(cand, g) if src == "text" else math_equal(cand, g)
         if ok:
@@ -320,20 +329,30 @@ def grade_r1v(response: str, ground_truth: Any, *, answer_tags: tuple[str, str] 
       (``12.0`` == ``12``, units, percent);
     * without one, math-verify on the completion after the last ``think_close`` (the whole completion if none).
 
-    The ground truth's own answer tags are stripped.
+    Before either, the identity short-circuit: the answer math-verify would pick in that text (the tag content, or
+    the completion after the reasoning: its last ``\\boxed{}``, else all of it) identical to a ground truth after
+    whitespace normalisation is correct without parsing (math-verify can run for ever on
+    ``\\boxed{10^{10^{10^{10}}}}``, even against the identical ground truth). The ground truth's own answer tags
+    (and box) are stripped.
     """
     gts = ground_truths(ground_truth)
     if not gts:
         return fail("missing ground truth")
     tag = extract_tag(response, *answer_tags)
+    if tag == "":
+        return fail(f"empty {answer_tags[0]}{answer_tags[1]}")
     if tag is None:
         end = response.rfind(think_close) if think_close else -1
-        body = response[end + len(think_close):] if end >= 0 else response
-        if _mv_matches(gts, body):
+        scope = response[end + len(think_close):] if end >= 0 else response
+    else:
+        scope = tag
+    answer, _, _ = answer_candidate(scope, ("boxed", "text"), answer_tags, None)
+    if identical_answer(answer, gts):
+        return GradeResult(acc=1.0, pred=short(scope if tag is not None else answer), extras={METHOD: IDENTICAL})
+    if tag is None:
+        if _mv_matches(gts, scope):
             return GradeResult(acc=1.0, extras={METHOD: "math_verify"})
         return fail(f"no {answer_tags[0]}...{answer_tags[1]} answer and math-verify found no match")
-    if not tag:
-        return fail(f"empty {answer_tags[0]}{answer_tags[1]}")
     pred = short(tag)
     if _mv_matches(gts, tag):
         return GradeResult(acc=1.0, pred=pred, extras={METHOD: "math_verify"})
@@ -361,5 +380,5 @@ def warm_up() -> None:
 
 __all__ = [
     "unwrap_commands", "normalize_answer_text", "strip_units", "looks_textual", "parse_choice", "gt_choice_letter",
-    "math_equal", "grade_math", "grade_r1v", "warm_up",
+    "math_equal", "grade_math", "grade_r1v", "warm_up", "IDENTICAL",
 ]

@@ -21,7 +21,7 @@ Why subprocesses started with ``subprocess.Popen`` (fork+exec of a fresh interpr
 (:data:`_BOOTSTRAP`) that puts stand-ins for the parent packages of this module into ``sys.modules`` (so no package
 ``__init__`` runs) and imports this module, which loads only the grading modules (:mod:`.results`, :mod:`.extract`,
 :mod:`.math_grading`, :mod:`.perception`, and :mod:`verl_difficulty.schema`) and their libraries (``math_verify``,
-``mathruler``, ``sympy``; ~1 s), never verl or torch. It talks to the parent over a socketpair with
+``mathruler``, ``sympy``, ``rapidfuzz``; ~1 s), never verl or torch. It talks to the parent over a socketpair with
 :class:`multiprocessing.connection.Connection` (pickle of plain strings/numbers/dicts from the trusted parent).
 """
 
@@ -71,8 +71,9 @@ def _debug_raise(response: str, ground_truth: Any, **_) -> GradeResult:
 
 
 def _debug_modules(response: str, ground_truth: Any, **_) -> GradeResult:
-    """Test hook: the modules of this project, verl and torch loaded in the grading process (extra ``modules``)."""
-    mods = sorted(m for m in sys.modules if m.split(".")[0] in ("verl_difficulty", "verl", "torch"))
+    """Test hook: the modules of this project, verl, torch and rapidfuzz loaded in the grading process (extra
+    ``modules``)."""
+    mods = sorted(m for m in sys.modules if m.split(".")[0] in ("verl_difficulty", "verl", "torch", "rapidfuzz"))
     return GradeResult(acc=1.0, extras={"modules": mods})
 
 

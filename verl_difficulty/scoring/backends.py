@@ -5,7 +5,8 @@
   ``torch.Generator`` per request (a row's sample does not depend on the other rows of its batch).
   It also runs teacher-forced forward passes with per-layer hooks (``ctx.forward``,
   :class:`verl_difficulty.models.forward.HFForward`); attention weights need ``attn_implementation="eager"`` (the
-  engine asks for it when a scorer reads attention).
+  engine asks for it when a scorer reads attention), and runs the vision tower alone (``ctx.vision_features``,
+  :class:`verl_difficulty.models.vision.HFVision`: image features without the language model).
 * :class:`VLLMBackend` (GPU, optional extra ``verl-difficulty[gpu]``): ``vllm.LLM.generate`` with the chat-template
   text and ``multi_modal_data`` images, one ``SamplingParams(seed=...)`` per request. Import-guarded: importing this
   module never imports vLLM; constructing the backend without vLLM raises an ``ImportError`` that says what to install.
@@ -92,6 +93,7 @@ class TransformersBackend:
 
         from verl_difficulty.models.forward import HFForward
         from verl_difficulty.models.generation import HFGenerator, load_generation_model
+        from verl_difficulty.models.vision import HFVision
 
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -109,6 +111,7 @@ class TransformersBackend:
         model.to(self.device)
         self.generator = HFGenerator(model, self.tokenizer, self.processor)
         self.forwarder = HFForward(model, self.tokenizer, self.processor)
+        self.vision = HFVision(model, self.tokenizer, self.processor)
 
     def prepare(self, messages: list[dict], images: Optional[list[Any]]) -> Prompt:
         text = _chat_text(self.tokenizer, self.processor, messages)
@@ -134,6 +137,11 @@ class TransformersBackend:
     def forward(self, requests: Sequence, on_layer, attentions: bool = False, hidden_states: bool = False) -> list:
         """Teacher-forced forward passes with per-layer hooks (:meth:`verl_difficulty.models.forward.HFForward.forward`)."""
         return self.forwarder.forward(requests, on_layer, attentions=attentions, hidden_states=hidden_states)
+
+    def vision_features(self, requests: Sequence, which: str = "merged", reduce=None) -> list:
+        """Vision-tower features of the requests' images, no language model
+        (:meth:`verl_difficulty.models.vision.HFVision.features`)."""
+        return self.vision.features(requests, which, reduce)
 
     def describe(self) -> dict:
         return {"backend": self.name, "model_path": self.model_path, "device": self.device, "dtype": self.dtype,

@@ -18,6 +18,18 @@ Columns of the same name already in the input (a re-score) are replaced; provena
 kept. The provenance date is the job's creation date (kept across resumes). An ``extra_info`` that is not a struct
 column (a map or a JSON string) is left as is: the scores are then in the flat columns only.
 
+Faults (fail loudly, lose nothing). Before any work, :mod:`.preflight` checks the settings, the model directory, the
+inputs (parquet, unique ``extra_info.index``) and the output directory; its errors are one line naming the option,
+file or path, and nothing is written. A *row fault* (the input's fault, deterministic: undecodable image, missing
+ground truth, placeholder mismatch, a request that fails alone while the others work) makes a bad row
+(``bad_rows.jsonl``, with its ``kind``); a shard with more than ``max_bad_fraction`` bad rows stops the job
+(:class:`ScoringFailed`, the reasons counted). An *execution fault* (backend exception, out of memory, NaN
+probabilities, a model that cannot take the rows' images, a scorer crash: :class:`~verl_difficulty.data.rows.
+ExecutionFault`) is retried (``max_attempts``, backoff ``retry_backoff_s``), per batch and per shard; if it persists,
+the shard is not committed, no other shard is started and the job raises :class:`ScoringFailed` naming the shard
+and the cause; a rerun retries it. Committed shards are verified by SHA-256 on resume and before the merge (a
+damaged one is named in the log and redone); ``scored.parquet`` is reused only if its recorded SHA-256 matches.
+
 The engine knows no scorer by name: scorers come from the registry (:mod:`.registry`) and write their own summary
 (:mod:`.summary`).
 """
@@ -30,17 +42,26 @@ import sys
 import time
 from typing import Any, Callable
 
+from collections import Counter
+
 from verl_difficulty.data.io import atomic_write_bytes
+from verl_difficulty.data.rows import reason_kind
 from verl_difficulty.schema import BAD_ROW_REASON, PROMPT_ID
 from verl_difficulty.scoring.backends import check_needs
 from verl_difficulty.scoring.job import ScoreJob, describe_job, fingerprint, provenance
+from verl_difficulty.scoring.preflight import PreflightError, check_inputs, preflight
 from verl_difficulty.scoring.registry import make_scorer
 from verl_difficulty.scoring.runner import Progress, run_shards
 from verl_difficulty.scoring.shards import Shard, discover_inputs, plan_shards
 from verl_difficulty.scoring.store import OutputDir, assemble_shard, merge, sha256_file
 from verl_difficulty.scoring.summary import build_summary, format_summary
 
-__all__ = ["ScoreJob", "run_scoring"]
+__all__ = ["ScoreJob", "ScoringFailed", "run_scoring"]
+
+
+class ScoringFailed(RuntimeError):
+    """The job stopped on a fault (a shard kept failing, or had too many bad rows): the message names the shard and
+    the cause; finished shards are kept and a rerun of the same command retries the rest."""
 
 
 def _scorers(job: ScoreJob) -> tuple[dict, list, list]:
@@ -57,29 +78,46 @@ def _scorers(job: ScoreJob) -> tuple[dict, list, list]:
     return classes, scorers, fields
 
 
+def _plan(job: ScoreJob, backend: Any, verifier: Any, log: Callable[[str], None]) -> tuple:
+    """Scorers, inputs and shards of a job, all checked before any work (:mod:`.preflight`)."""
+    if (backend is not None or verifier is not None) and job.num_workers not in (0,):
+        raise ValueError("backend/verifier objects can only be injected with num_workers=0 (in-process)")
+    classes, scorers, fields = _scorers(job)
+    check_needs(backend if backend is not None else job.backend, scorers)
+    try:
+        files = discover_inputs(job.inputs)
+    except FileNotFoundError as e:
+        raise PreflightError(f"INPUT: {e}") from e
+    check_inputs(files)
+    shards = plan_shards(files, job.shard_size, job.limit)
+    if not shards:
+        raise PreflightError(f"INPUT: no rows to score in {', '.join(files)}")
+    preflight(job, scorers, files, shards, backend, verifier)
+    return classes, scorers, fields, files, shards
+
+
+def _where(shard: Shard) -> str:
+    return f"shard {shard.id} (rows {shard.start}-{shard.stop - 1} of {shard.file})"
+
+
 def run_scoring(job: ScoreJob, backend: Any = None, verifier: Any = None,
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     """Run (or resume) a scoring job and return its summary.
 
     ``backend`` / ``verifier`` objects replace the specs of ``job`` (in-process only: ``num_workers=0``).
-    Raises ``RuntimeError`` if some shards still failed after ``max_attempts`` (their work is kept; rerun to retry).
+    Raises :class:`~.preflight.PreflightError` (a ``ValueError``) before any work for a job that cannot run, and
+    :class:`ScoringFailed` (a ``RuntimeError``) if a shard still failed after ``max_attempts`` or had more bad rows
+    than ``max_bad_fraction`` (finished shards are kept; rerun to retry).
     """
     t_start = time.time()
-    if (backend is not None or verifier is not None) and job.num_workers not in (0,):
-        raise ValueError("backend/verifier objects can only be injected with num_workers=0 (in-process)")
-    classes, scorers, fields = _scorers(job)
-    check_needs(backend if backend is not None else job.backend, scorers)
-    files = discover_inputs(job.inputs)
-    shards = plan_shards(files, job.shard_size, job.limit)
-    if not shards:
-        raise ValueError(f"no rows to score in {files}")
+    classes, scorers, fields, files, shards = _plan(job, backend, verifier, log)
     config = job.worker_config()
     desc = describe_job(job, files, scorers, backend.describe() if backend is not None else None,
                         verifier.describe() if verifier is not None else None)
     out = OutputDir(job.output_dir)
-    manifest = out.open(fingerprint(desc), desc, job.overwrite)
+    manifest = out.open(fingerprint(desc), desc, job.overwrite, log)
     prov = provenance(desc, manifest["created"])
-    todo = [s for s in shards if not out.is_done(s)]
+    todo = [s for s in shards if not _intact(out, s, log)]
     total_rows = sum(s.rows for s in shards)
     resumed = len(shards) - len(todo)
     if resumed:
@@ -92,24 +130,30 @@ def run_scoring(job: ScoreJob, backend: Any = None, verifier: Any = None,
     if todo:
         progress = Progress(job.progress, total_rows, total_rows - sum(s.rows for s in todo))
         try:
-            commit = _committer(out, fields, prov, progress)
+            commit = _committer(out, fields, prov, progress, job.max_bad_fraction)
             workers = run_shards(job, config, classes, todo, commit, progress, failed, log, backend, verifier)
         finally:
             progress.close()
+    by_id = {s.id: s for s in shards}
     if failed:
-        raise RuntimeError(f"{len(failed)} shard(s) failed after {job.max_attempts} attempts (their rows are not "
-                           f"in the output; rerun the same command to retry them): "
-                           + "; ".join(f"shard {k}: {v}" for k, v in sorted(failed.items())[:5]))
-    missing = [s.id for s in shards if not out.is_done(s)]
-    if missing:
-        raise RuntimeError(f"shards {missing[:10]} are not done")
-    already = (not todo and out.manifest.get("complete") and os.path.exists(out.merged)
-               and os.path.getsize(out.merged) == out.manifest.get("merged_bytes"))
-    if not already:  # a finished job rerun is a no-op
+        done = sum(1 for s in shards if str(s.id) in out.manifest.get("done", {}))
+        raise ScoringFailed(
+            "; ".join(f"{_where(by_id[k])} failed after {job.max_attempts} attempt(s): {v}"
+                      for k, v in sorted(failed.items())[:3])
+            + f" -- {done}/{len(shards)} shards are done and kept; fix the cause and rerun the same command to "
+            "retry the rest (--max-attempts, --retry-backoff-s set the retries)")
+    broken = [s for s in shards if not _intact(out, s, log)]  # verified again before the merge
+    if broken:
+        raise ScoringFailed(f"{len(broken)} shard(s) are not done or were damaged meanwhile (first: "
+                            f"{_where(broken[0])}); rerun the same command to redo them")
+    why = out.merged_ok() if not todo else "shards were scored in this run"
+    if why is not None and not todo and out.manifest.get("complete"):
+        log(f"{why}; merging the shards again")
+    if why is not None:  # a finished job with an intact scored.parquet reruns as a no-op
         merge(out, shards)
     summary = build_summary(out, shards, scorers, workers, resumed, time.time() - t_start,
                             sum(s.rows for s in todo))
-    if not already:
+    if why is not None:
         out.manifest["complete"] = True
         out.manifest["merged_sha256"] = sha256_file(out.merged)
         out.manifest["merged_bytes"] = os.path.getsize(out.merged)
@@ -119,11 +163,36 @@ def run_scoring(job: ScoreJob, backend: Any = None, verifier: Any = None,
     return summary
 
 
-def _committer(out: OutputDir, fields: list, prov: dict, progress: Progress):
+def _intact(out: OutputDir, shard: Shard, log: Callable[[str], None]) -> bool:
+    """Whether a shard is committed with intact files; a damaged one is named in the log and forgotten (redone)."""
+    why = out.check_done(shard)
+    if why is None:
+        return True
+    if why != "not done":
+        log(f"{_where(shard)}: {why}; it will be redone")
+        out.forget(shard)
+    return False
+
+
+def _too_many_bad(shard: Shard, bad: list, limit: float) -> str:
+    kinds = Counter(b["kind"] for b in bad)
+    examples: dict = {}
+    for b in bad:
+        examples.setdefault(b["kind"], []).append(str(b["row"]))
+    counted = ", ".join(f"{k}: {n} (rows {', '.join(examples[k][:3])}{', ...' if n > 3 else ''})"
+                        for k, n in kinds.most_common())
+    return (f"{_where(shard)}: {len(bad)} of {shard.rows} rows are bad rows ({len(bad) / shard.rows:.0%} > "
+            f"--max-bad-fraction {limit:g}): {counted}. Fix the input, or rerun with a higher --max-bad-fraction to "
+            "skip such rows (they are then listed in bad_rows.jsonl)")
+
+
+def _committer(out: OutputDir, fields: list, prov: dict, progress: Progress, max_bad_fraction: float = 1.0):
     def commit(shard: Shard, table: Any, result: dict) -> None:
-        scored = assemble_shard(table, result, fields, prov)
         bad = [{"shard": shard.id, "file": shard.file, "row": shard.start + b["position"], PROMPT_ID: b[PROMPT_ID],
-                BAD_ROW_REASON: b[BAD_ROW_REASON]} for b in result["bad"]]
+                BAD_ROW_REASON: b[BAD_ROW_REASON], "kind": reason_kind(b[BAD_ROW_REASON])} for b in result["bad"]]
+        if bad and len(bad) > max_bad_fraction * shard.rows:
+            raise ScoringFailed(_too_many_bad(shard, bad, max_bad_fraction))
+        scored = assemble_shard(table, result, fields, prov)
         out.commit(shard, scored, bad, {"generations": result["generations"], "wall_s": result["wall_s"],
                                         "worker": result.get("worker", "")})
         progress.rows(shard.rows)

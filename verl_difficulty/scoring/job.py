@@ -20,6 +20,9 @@ from verl_difficulty.scoring.shards import input_identity
 
 DEFAULT_BATCH_SIZE = {"transformers": 16, "vllm": 100_000}
 """Requests per generate call: transformers pads a batch; vLLM schedules a whole shard round itself."""
+DTYPES = {"transformers": ("auto", "float32", "bfloat16", "float16"),
+          "vllm": ("auto", "float32", "bfloat16", "float16", "half", "float")}
+"""The ``--dtype`` values each built-in backend accepts."""
 _RUNTIME_ONLY_BACKEND_KEYS = {"num_threads", "gpu_memory_utilization"}
 """Backend settings that do not change the values (left out of the fingerprint, so a resume may change them)."""
 
@@ -33,9 +36,9 @@ class ScoreJob:
     output_dir: str = setting(help="output directory (created; holds scored.parquet)")
     model_path: str = setting(help="local checkpoint directory of the base model")
     scorers: dict = setting(help="scorer name -> parameters, run in this order")
-    backend: str = setting("transformers", choices=BACKENDS,
-                           help="transformers (CPU/GPU, batched generate) or vllm (GPU, pip install "
-                           "'verl-difficulty[gpu]')")
+    backend: str = setting("transformers",
+                           help="transformers (CPU/GPU, batched generate), vllm (GPU, pip install "
+                           "'verl-difficulty[gpu]') or package.module:ClassName of a backend class")
     backend_kwargs: dict = setting(default_factory=dict, help="extra backend arguments (device, dtype, ...)")
     verifier: dict = setting(default_factory=lambda: {"name": "reward", "reward": "r1v_acc"},
                              help="verifier spec (verl_difficulty.scoring.verifier.make_verifier)")
@@ -53,8 +56,13 @@ class ScoreJob:
                                                "and --device is not cpu)")
     ray_address: Optional[str] = setting(None, help="existing cluster (auto, HOST:PORT); default: $RAY_ADDRESS or a "
                                          "local ray.init()")
-    max_attempts: int = setting(3, ge=1, help="tries per shard when a worker dies or raises (then the shard is "
-                                "reported failed; a rerun retries it)")
+    max_attempts: int = setting(3, ge=1, help="tries of a failing generate/forward batch and of a failing shard "
+                                "(worker died, backend error, out of memory); a shard still failing is left "
+                                "unfinished, the job exits non-zero and a rerun retries it")
+    retry_backoff_s: float = setting(0.5, ge=0.0, help="seconds to wait before the first retry (doubled for each "
+                                     "next one)")
+    max_bad_fraction: float = setting(0.5, ge=0.0, le=1.0, help="stop the job when more than this share of a "
+                                      "shard's rows are bad rows (1 = never stop for bad rows)")
     progress: bool = setting(True, help="show a progress bar")
     overwrite: bool = setting(False, help="discard an existing output of a job with other settings (default: refuse; "
                               "same settings resume)")
@@ -83,7 +91,21 @@ class ScoreJob:
         """What each worker needs (JSON-able)."""
         return {"backend": self.backend_spec(), "verifier": dict(self.verifier),
                 "scorers": [[n, dict(p or {})] for n, p in self.scorers.items()], "seed": int(self.seed),
-                "batch_size": self.resolved_batch_size(), "system_prompt": self.system_prompt}
+                "batch_size": self.resolved_batch_size(), "system_prompt": self.system_prompt,
+                "max_attempts": int(self.max_attempts), "retry_backoff_s": float(self.retry_backoff_s)}
+
+    def check(self, where: str) -> None:
+        from verl_difficulty.config import ConfigError
+
+        if self.backend not in BACKENDS and ":" not in self.backend:
+            raise ConfigError(f"{where}.backend: {self.backend!r} is not one of {list(BACKENDS)} or "
+                              "'package.module:ClassName'")
+        dtype = self.backend_kwargs.get("dtype", "auto")
+        if self.backend in DTYPES and dtype not in DTYPES[self.backend]:
+            raise ConfigError(f"{where}.dtype: {dtype!r} is not one of {list(DTYPES[self.backend])} for the "
+                              f"{self.backend} backend")
+        if not self.inputs:
+            raise ConfigError(f"{where}.inputs: give at least one parquet file or directory")
 
 
 def describe_job(job: ScoreJob, files: list[str], scorers: list, backend_desc: Optional[dict] = None,

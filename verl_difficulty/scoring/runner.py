@@ -28,8 +28,9 @@ from collections import Counter, deque
 from typing import Any, Callable, Optional
 
 from verl_difficulty.data.io import canonical_json
-from verl_difficulty.data.rows import RowFailure, prepare_row, row_index, row_problem
+from verl_difficulty.data.rows import ExecutionFault, RowFailure, prepare_row, row_index, row_problem
 from verl_difficulty.schema import BAD_ROW_REASON, PROMPT_ID
+from verl_difficulty.scoring.context import describe_error
 from verl_difficulty.scoring.job import ScoreJob
 from verl_difficulty.scoring.shards import ShardReader
 
@@ -78,7 +79,7 @@ class ScoringWorker:
 
     def score_shard(self, shard_id: int, table: Any) -> dict:
         """Score the rows of one shard. Never raises for a bad row: it is reported in ``bad``."""
-        from verl_difficulty.scoring.context import ScoringContext
+        from verl_difficulty.scoring.context import ScoringContext, describe_error
 
         t0 = time.time()
         rows = table.to_pylist() if hasattr(table, "to_pylist") else list(table)
@@ -94,17 +95,24 @@ class ScoringWorker:
                     reason = str(e)
             bad.append({"position": pos, PROMPT_ID: row_index(row), BAD_ROW_REASON: reason})
         ctx = ScoringContext(self.backend, self.verifier, seed=self.config["seed"],
-                             batch_size=self.config["batch_size"], on_generations=self._count)
+                             batch_size=self.config["batch_size"], on_generations=self._count,
+                             max_attempts=self.config.get("max_attempts", 1),
+                             retry_backoff_s=self.config.get("retry_backoff_s", 0.0))
         generations: dict[str, int] = {}
         values: dict[int, dict] = {r.position: {} for r in prepared}
         for scorer in self.scorers:
-            before = ctx.generations
+            before, ok_before, failed_before = ctx.generations, ctx.succeeded, ctx.failed
             ctx.scorer = scorer.name
             try:
                 results = scorer.score(prepared, ctx)
-            except Exception as e:  # noqa: BLE001 - a scorer bug must not lose the other rows' work silently
-                logger.exception("scorer %s failed on shard %s", scorer.name, shard_id)
-                results = [RowFailure(f"{scorer.name} crashed: {type(e).__name__}: {e}")] * len(prepared)
+            except ExecutionFault:
+                raise
+            except Exception as e:  # noqa: BLE001 - a scorer bug fails the shard, never its rows silently
+                logger.debug("scorer %s failed on shard %s", scorer.name, shard_id, exc_info=True)
+                raise ExecutionFault(f"scorer {scorer.name!r} crashed: {describe_error(e)}") from e
+            if ctx.failed > failed_before and ctx.succeeded == ok_before:
+                raise ExecutionFault(f"scorer {scorer.name!r}: all {ctx.failed - failed_before} prompt/generation "
+                                     f"request(s) of the shard failed, none worked: {ctx.last_error}")
             generations[scorer.name] = ctx.generations - before
             keep = []
             for row, res in zip(prepared, results):
@@ -156,28 +164,43 @@ def run_shards(job: ScoreJob, config: dict, classes: dict, todo: list, commit: C
     table, result)`` for each as it finishes (in the driver); shards that fail ``max_attempts`` times go to
     ``failed``. Returns the number of workers used."""
     if job.num_workers == 0:
-        _run_inline(job, config, classes, todo, commit, progress, failed, backend, verifier)
+        _run_inline(job, config, classes, todo, commit, progress, failed, log, backend, verifier)
         return 0
     return _run_ray(job, config, classes, todo, commit, progress, failed, log)
 
 
-def _run_inline(job, config, classes, todo, commit, progress, failed, backend, verifier) -> None:
-    worker = ScoringWorker(config, classes, backend=backend, verifier=verifier,
-                           num_threads=int(job.cpus_per_worker) if job.cpus_per_worker else None)
+def _start_failed(e: BaseException) -> RuntimeError:
+    return RuntimeError(f"the scoring worker failed to start: {describe_error(e, 2000)}")
+
+
+def _backoff(job: ScoreJob, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...)."""
+    return float(job.retry_backoff_s) * 2 ** (attempt - 1)
+
+
+def _run_inline(job, config, classes, todo, commit, progress, failed, log, backend, verifier) -> None:
+    try:
+        worker = ScoringWorker(config, classes, backend=backend, verifier=verifier,
+                               num_threads=int(job.cpus_per_worker) if job.cpus_per_worker else None)
+    except Exception as e:  # noqa: BLE001 - e.g. a model that does not load
+        raise _start_failed(e) from e
     worker.on_progress = progress.generations
     reader = ShardReader()
     for shard in todo:
         table = reader.read(shard)
-        for attempt in range(job.max_attempts):
+        result = None
+        for attempt in range(1, job.max_attempts + 1):
             try:
                 result = worker.score_shard(shard.id, table)
                 break
-            except Exception as e:  # noqa: BLE001
-                logger.exception("shard %s failed (attempt %s)", shard.id, attempt + 1)
-                result = None
-                failed[shard.id] = f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - retried, then reported
+                logger.debug("shard %s failed (attempt %s)", shard.id, attempt, exc_info=True)
+                failed[shard.id] = describe_error(e, 500)
+                if attempt < job.max_attempts:
+                    log(f"shard {shard.id} failed ({failed[shard.id]}); retrying ({attempt + 1}/{job.max_attempts})")
+                    time.sleep(_backoff(job, attempt))
         if result is None:
-            continue
+            return  # fail fast: the job stops at its first shard that keeps failing
         failed.pop(shard.id, None)
         commit(shard, table, result)
         progress.generations(worker.progress())
@@ -242,14 +265,16 @@ def _run_ray(job, config, classes, todo, commit, progress, failed, log) -> int:
                               runtime_env=_WORKER_ENV).remote(config, classes, None, None, threads)
                   for _ in range(n)]
         try:
-            info = ray.get([a.ready.remote() for a in actors])
-        except Exception as e:  # noqa: BLE001 - e.g. vLLM missing on a node, a wrong model path
-            raise RuntimeError(f"scoring workers failed to start: {type(e).__name__}: {str(e)[-2000:]}") from e
-        for i in info:
-            log(f"worker {i['worker']}: {canonical_json(i['backend'])}")
-        _dispatch(job, actors, todo, commit, progress, failed, log)
-        for a in actors:
-            ray.kill(a)
+            try:
+                info = ray.get([a.ready.remote() for a in actors])
+            except Exception as e:  # noqa: BLE001 - e.g. vLLM missing on a node, a wrong model path
+                raise _start_failed(e) from e
+            for i in info:
+                log(f"worker {i['worker']}: {canonical_json(i['backend'])}")
+            _dispatch(job, actors, todo, commit, progress, failed, log)
+        finally:
+            for a in actors:
+                ray.kill(a)
         return n
     finally:
         if started:
@@ -282,12 +307,15 @@ def _dispatch(job, actors, todo, commit, progress, failed, log) -> None:
                 result = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - worker died or raised: retry the shard
                 attempts[shard.id] += 1
-                msg = f"{type(e).__name__}: {str(e)[:300]}"
-                if attempts[shard.id] < job.max_attempts:
-                    log(f"shard {shard.id} failed on worker {i} ({msg}); retrying")
+                msg = describe_error(e, 500)
+                if attempts[shard.id] < job.max_attempts and not failed:
+                    log(f"shard {shard.id} failed on worker {i} ({msg}); retrying "
+                        f"({attempts[shard.id] + 1}/{job.max_attempts})")
+                    time.sleep(_backoff(job, attempts[shard.id]))
                     queue.appendleft(shard)
                 else:
                     failed[shard.id] = msg
+                    queue.clear()  # fail fast: finish the shards in flight, start no other
                 continue
             commit(shard, table, result)
             gen_done += sum(result["generations"].values())

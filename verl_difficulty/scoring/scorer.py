@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 import numpy as np
 
 from verl_difficulty.config import parse, setting
-from verl_difficulty.data.rows import RowFailure, ScoringRow
+from verl_difficulty.data.rows import ExecutionFault, RowFailure, ScoringRow
 from verl_difficulty.models.generation import GenRequest, Prompt, SamplingConfig
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class RolloutParams:
 
 def stats_line(name: str, stats: dict) -> str:
     """``name: k=v, k=v`` (the default summary line of a scorer)."""
-    return f"{name}: " + ", ".join(f"{k}={v}" for k, v in stats.items())
+    return f"{name}: " + ", ".join(f"{k}={'n/a' if v is None else v}" for k, v in stats.items())
 
 
 class Scorer(abc.ABC):
@@ -147,19 +147,21 @@ class Scorer(abc.ABC):
                 continue
             try:
                 prompts[i] = [ctx.prompt(row, with_images=v) for v in variants]
+            except ExecutionFault:
+                raise
             except Exception as e:  # noqa: BLE001
                 out[i] = RowFailure(f"{self.name}: prompt failed: {type(e).__name__}: {e}")
         return out, prompts
 
     def rollouts(self, ctx: "ScoringContext", rows: Sequence[ScoringRow], requests: Sequence[GenRequest],
-                 keys: Sequence[tuple], out: list) -> list[tuple[tuple, bool]]:
+                 keys: Sequence[tuple], out: list, formatted: bool = False) -> list[tuple[tuple, Any]]:
         """Generate and grade ``requests`` (``keys[j]``: a tuple starting with the row index of ``requests[j]``).
 
         A failed generation fails its row (``out[i]``); returns ``(key, correct)`` of the requests of rows that have
-        not failed, in order.
+        not failed, in order (``formatted=True``: ``(key, Verdict(correct, formatted))``, :meth:`ScoringContext.grade`).
         """
         gens = ctx.generate(requests, self.sampling())
-        ok = ctx.verify(gens, [rows[k[0]] for k in keys])
+        ok = (ctx.grade if formatted else ctx.verify)(gens, [rows[k[0]] for k in keys])
         res = []
         for key, g, v in zip(keys, gens, ok):
             i = key[0]
@@ -170,6 +172,25 @@ class Scorer(abc.ABC):
                 continue
             res.append((key, v))
         return res
+
+    def sampled_responses(self, rows: Sequence[ScoringRow], ctx: "ScoringContext",
+                          verify: bool = False) -> tuple[list, dict[int, tuple[Any, bool]]]:
+        """One sampled response per row with its images (seed ``derive_seed(seed, row id, name, 0, 0)``), for the
+        scorers that then read a teacher-forced pass over it: ``(out, got)`` with ``out`` as :meth:`prompts` (a
+        failed or empty generation fails its row) and ``got[i] = (GenResult, correct)`` (``correct`` from the job's
+        verifier when ``verify``, else False)."""
+        out, prompts = self.prompts(rows, ctx)
+        order = sorted(prompts)
+        gens = ctx.generate([self.request(ctx, rows[i], prompts[i][0], rows[i].images, 0, 0, **{"try": 0})
+                             for i in order], self.sampling())
+        verdicts = ctx.verify(gens, [rows[i] for i in order]) if verify else [False] * len(order)
+        got: dict[int, tuple[Any, bool]] = {}
+        for i, g, ok in zip(order, gens, verdicts):
+            if isinstance(g, Exception) or not g.token_ids:
+                out[i] = g if isinstance(g, RowFailure) else RowFailure(f"{self.name}: empty response")
+            else:
+                got[i] = (g, bool(ok))
+        return out, got
 
     def request(self, ctx: "ScoringContext", row: ScoringRow, prompt: Prompt, images: Any, *key: int,
                 **tag: Any) -> GenRequest:

@@ -12,10 +12,15 @@ import os
 from collections import Counter
 from typing import Optional, Sequence
 
-from verl_difficulty.schema import BAD_ROW_REASON
+from verl_difficulty.data.rows import reason_kind
+from verl_difficulty.schema import BAD_ROW_REASON, PROMPT_ID
 from verl_difficulty.scoring.scorer import Scorer, stats_line
 from verl_difficulty.scoring.shards import Shard
 from verl_difficulty.scoring.store import OutputDir
+
+
+EXAMPLES = 5
+"""Row ids shown per bad-row kind."""
 
 
 def build_summary(out: OutputDir, shards: list[Shard], scorers: Sequence[Scorer], workers: Optional[int],
@@ -29,11 +34,17 @@ def build_summary(out: OutputDir, shards: list[Shard], scorers: Sequence[Scorer]
     for s in shards:
         gens.update(done[str(s.id)].get("generations", {}))
     reasons: Counter = Counter()
+    examples: dict[str, list] = {}
     if os.path.exists(out.bad_rows):
         with open(out.bad_rows) as f:
             for line in f:
                 if line.strip():
-                    reasons[json.loads(line)[BAD_ROW_REASON].split(":")[0][:120]] += 1
+                    b = json.loads(line)
+                    kind = b.get("kind") or reason_kind(b[BAD_ROW_REASON])
+                    reasons[kind] += 1
+                    ids = examples.setdefault(kind, [])
+                    if len(ids) < EXAMPLES:
+                        ids.append(b.get(PROMPT_ID) if b.get(PROMPT_ID) is not None else f"row {b.get('row')}")
     per_scorer: dict = {}
     names = [name for s in scorers for name, _ in s.fields()]
     table = pq.read_table(out.merged, columns=names) if names else None
@@ -44,10 +55,12 @@ def build_summary(out: OutputDir, shards: list[Shard], scorers: Sequence[Scorer]
                 per_scorer[s.name] = dict(stats)
     for name, n in gens.items():
         per_scorer.setdefault(name, {})["generations"] = int(n)
-        per_scorer[name]["generations_per_row"] = round(n / max(1, rows_out), 3)
+        # over the rows scored (their generations; a bad row's are counted in "generations" only); none scored: None
+        per_scorer[name]["generations_per_row"] = round(n / rows_out, 3) if rows_out else None
     return {
         "output": out.merged, "bad_rows_file": out.bad_rows, "rows_in": rows_in, "rows_scored": rows_out,
-        "rows_bad": rows_in - rows_out, "bad_reasons": dict(reasons.most_common()), "shards": len(shards),
+        "rows_bad": rows_in - rows_out, "bad_reasons": dict(reasons.most_common()),
+        "bad_examples": {k: examples[k] for k, _ in reasons.most_common()}, "shards": len(shards),
         "shards_resumed": resumed, "workers": workers, "generations": int(sum(gens.values())),
         "scorers": per_scorer, "wall_s_this_run": round(wall_s, 2), "rows_this_run": rows_run,
         "rows_per_s_this_run": round(rows_run / wall_s, 3) if wall_s > 0 else None,
@@ -63,8 +76,10 @@ def format_summary(s: dict, scorers: Sequence[Scorer] = ()) -> str:
              f"{s['wall_s_this_run']:.1f} s this run)"]
     if s["rows_bad"]:
         lines.append(f"  {s['rows_bad']} bad rows skipped (see {s['bad_rows_file']}):")
-        for reason, n in s["bad_reasons"].items():
-            lines.append(f"    {n:>6}  {reason}")
+        for kind, n in s["bad_reasons"].items():
+            ids = s.get("bad_examples", {}).get(kind, [])
+            more = ", ..." if n > len(ids) else ""
+            lines.append(f"    {n:>6}  {kind}" + (f"  (e.g. {', '.join(str(i) for i in ids)}{more})" if ids else ""))
     for name, st in s["scorers"].items():
         scorer = by_name.get(name)
         if scorer is not None:

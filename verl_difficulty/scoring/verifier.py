@@ -2,7 +2,10 @@
 
 :class:`RewardVerifier` grades with the same code as training (:func:`verl_difficulty.rewards.functions.score_response`
 through the process-wide :class:`~verl_difficulty.rewards.graders.SafeGrader`: grader subprocesses with a hard time
-limit, so hostile model output never hangs a scoring worker). A response is correct when the reward's ``acc`` is 1.
+limit, so hostile model output never hangs a scoring worker). A response is correct when the reward's ``acc`` is 1,
+well formatted when its ``format`` is 1 (the reward's format check, ``format_style``, whatever its weight in the
+reward): :meth:`RewardVerifier.grade` reports both (:class:`~verl_difficulty.scoring.context.Verdict`),
+:meth:`RewardVerifier.verify` the correctness only.
 
 Rewards (``--reward``): ``r1v_acc`` (P1: math-verify on the completion, fallback exact match of the ``<answer>``
 content; the default), ``math_acc_format`` (P3/P4: math equivalence of the ``\\boxed{}`` answer), ``perception``
@@ -19,8 +22,9 @@ import importlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
-from verl_difficulty.schema import ACC
+from verl_difficulty.schema import ACC, FORMAT
 from verl_difficulty.data.rows import ScoringRow
+from verl_difficulty.scoring.context import Verdict
 
 REWARDS = ("r1v_acc", "math_acc_format", "perception")
 
@@ -44,17 +48,21 @@ class RewardVerifier:
         self._settings_dict = dict(settings)
         self._pool = ThreadPoolExecutor(max_workers=max(1, self.settings.num_procs))
 
-    def _one(self, args: tuple[str, ScoringRow]) -> bool:
+    def _one(self, args: tuple[str, ScoringRow]) -> Verdict:
         from verl_difficulty.rewards.functions import score_response
 
         text, row = args
         _, info = score_response(self.reward, text, row.ground_truth, self.settings, task_type=row.task_type)
-        return float(info.get(ACC) or 0.0) >= 0.5
+        return Verdict(float(info.get(ACC) or 0.0) >= 0.5, float(info.get(FORMAT) or 0.0) >= 0.5)
 
-    def verify(self, responses: Sequence[str], rows: Sequence[ScoringRow]) -> list[bool]:
+    def grade(self, responses: Sequence[str], rows: Sequence[ScoringRow]) -> list[Verdict]:
+        """(correct, formatted) of each response."""
         if len(responses) != len(rows):
             raise ValueError("responses and rows differ in length")
         return list(self._pool.map(self._one, list(zip(responses, rows))))
+
+    def verify(self, responses: Sequence[str], rows: Sequence[ScoringRow]) -> list[bool]:
+        return [v.correct for v in self.grade(responses, rows)]
 
     def describe(self) -> dict:
         return {"verifier": "reward", "reward": self.reward, **self._settings_dict}

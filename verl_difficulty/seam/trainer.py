@@ -21,7 +21,7 @@ verl internals this depends on (check them on a verl upgrade; verl 0.9.1 line nu
   ``tq.kv_batch_get(keys, partition_id, select_fields)``; non-GRPO estimators see the rows in ``batch.keys`` order
   (``trainer/ppo/v1/utils.py:167-176``).
 * ``verl/utils/dataset/rl_dataset.py`` ``get_dataset_class`` / ``data.custom_cls.{path,name}``: with hints on, the
-  datasets are built as :class:`verl_difficulty.sampling.hints` hint datasets (an ``RLHFDataset`` subclass).
+  datasets are built as :mod:`verl_difficulty.seam.hint_dataset` hint datasets (an ``RLHFDataset`` subclass).
 * Per-trajectory TransferQueue fields written by the agent loop (``trainer/ppo/v1/agent_loop_tq.py:182-227``):
   dataset columns (``extra_info``, ``data_source``), ``extra_fields["reward_extra_info"]``, ``rm_scores``.
 """
@@ -29,15 +29,15 @@ verl internals this depends on (check them on a verl upgrade; verl 0.9.1 line nu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from verl_difficulty import schema
-from verl_difficulty.sampling.sampler import DifficultySampler, SamplerConfig
+from verl_difficulty.sampling.sampler import DifficultySampler
+from verl_difficulty.seam.config import DifficultyConfig, read_difficulty_config
 from verl_difficulty.seam.inputs import DEFAULT_CORRECT_THRESHOLD, response_verdicts, seam_inputs
 
 logger = logging.getLogger(__name__)
@@ -45,30 +45,6 @@ logger = logging.getLogger(__name__)
 TRAINER_MODE = "difficulty"
 # TransferQueue fields holding per-sample data (agent_loop_tq.py:182-227)
 _FIELDS = ["uid", "extra_info", "data_source", "extra_fields", "rm_scores", "response_mask", "old_log_probs"]
-
-
-@dataclass
-class SeamConfig:
-    """Top-level ``difficulty`` section of a recipe (declared with defaults in the recipes, so no ``+`` is needed).
-
-    Args:
-        sampler (`SamplerConfig`): the plugin's sampler (``difficulty.sampler.*``).
-        correct_threshold (`float`, defaults to `0.5`): a response is correct when its reward ``>=`` this, for reward
-            functions that do not report ``acc`` in their extra info.
-    """
-
-    sampler: SamplerConfig = field(default_factory=SamplerConfig)
-    correct_threshold: float = 0.5
-
-    @classmethod
-    def from_config(cls, section: Any) -> "SeamConfig":
-        d = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section or {})
-        sampler = SamplerConfig.from_dict(d.pop("sampler", None))
-        known = {"correct_threshold"}
-        unknown = sorted(set(d) - known - {"estimators", "hints", "demo", "reward"})
-        if unknown:
-            raise ValueError(f"difficulty: unknown settings {unknown}")
-        return cls(sampler=sampler, correct_threshold=float(d.get("correct_threshold", 0.5)))
 
 
 def _as_list(value: Any, n: int) -> list:
@@ -143,20 +119,17 @@ def register_trainer_mode() -> None:
             # keep verl's sync semantics: the base class compares trainer_mode with "sync" in several places.
             with open_dict(config):
                 config.trainer.v1.trainer_mode = "sync"
-            self.difficulty_config = SeamConfig.from_config(config.get("difficulty", None))
+            # the whole plugin configuration, parsed once, before any Ray worker loads a model
+            self.difficulty_config: DifficultyConfig = read_difficulty_config(config)
             self.difficulty_sampler: Optional[DifficultySampler] = None
             super().__init__(config)
 
         # -------------------------------------------------------------- sampler
         def _init_dataloader(self):
-            from verl_difficulty.seam.hint_dataset import HintConfig, configure_dataset_hints, install_hint_dataset
             from verl_difficulty.sampling.sampler import check_dataloader_workers
+            from verl_difficulty.seam.hint_dataset import configure_dataset_hints, install_hint_dataset
 
-            section = self.config.get("difficulty", None)
-            hints_node = section.get("hints", None) if section is not None else None
-            hints = HintConfig.from_dict(
-                OmegaConf.to_container(hints_node, resolve=True) if isinstance(hints_node, DictConfig) else hints_node
-            )
+            hints = self.difficulty_config.hints
             if hints.enable:
                 # verl's own dataset hook (rl_dataset.py get_dataset_class): build the datasets as hint datasets
                 install_hint_dataset(self.config.data)
@@ -204,19 +177,18 @@ def register_trainer_mode() -> None:
                 batch = super()._compute_advantage(batch, metrics)
             metrics.update(est_metrics.pop_all())
 
-            correct = ntb[schema.CORRECT]
-            pid = ntb[schema.SEAM_PROMPT_ID]
             metrics.update(batch_metrics(ntb, old_log_probs))
             if self.difficulty_sampler is not None:
-                # the outcomes of step N; the sampler's next draws are for step N + 1 (schedules follow the step)
-                self.difficulty_sampler.update(pid, correct, step=int(self.global_steps))
+                # the outcomes of step N (the same verdicts the estimator read); the next draws are for step N + 1
+                self.difficulty_sampler.update(ntb[schema.SEAM_PROMPT_ID], ntb[schema.CORRECT],
+                                               step=int(self.global_steps))
                 metrics.update(self.difficulty_sampler.metrics())
             hint_metrics = getattr(self.train_dataset, "hint_metrics", None)
             if callable(hint_metrics):
                 metrics.update(hint_metrics())
             return batch
 
-        # -------------------------------------------------------------- DAPO: groups evicted before the advantage step
+        # -------------------------------------------------------------- DAPO: groups dropped before the advantage step
         def _build_replay_buffer(self):
             buffer = super()._build_replay_buffer()
             if getattr(buffer, "filter_groups_metric", None) is not None:
@@ -225,7 +197,7 @@ def register_trainer_mode() -> None:
             return buffer
 
         def _observe_evicted(self, data, n: int) -> None:
-            """Outcomes of the groups DAPO's ``filter_groups`` evicts (all right / all wrong) reach the sampler too."""
+            """Outcomes of the groups DAPO drops (evicted all-right / all-wrong groups, refill surplus) reach the sampler."""
             if self.difficulty_sampler is None or n == 0:
                 return
             ntb = per_sample_fields(data, n, self.difficulty_config.correct_threshold)
@@ -259,27 +231,29 @@ def batch_metrics(ntb: dict, old_log_probs: Any) -> dict[str, float]:
 
 
 def _observing_replay_buffer_class(base: type) -> type:
-    """verl's replay buffer, telling the plugin which finished groups DAPO's ``filter_groups`` evicts.
+    """verl's replay buffer, telling the plugin the outcomes of finished groups it drops before the advantage step.
 
-    verl 0.9.1 evicts zero-variance groups in ``ReplayBuffer._evict_terminal_groups`` (``replay_buffer.py:345-381``,
-    eviction reasons from ``_terminal_eviction_reasons``: ``(stale, dapo, failed, counts)``) and clears them from
-    TransferQueue, so they never reach the advantage step. This subclass reads the DAPO-evicted groups' fields from
-    TransferQueue first and hands them to ``difficulty_observer(data, n)``; verl's behaviour is otherwise unchanged.
+    Under DAPO (``algorithm.filter_groups``) verl 0.9.1's sync replay buffer removes finished groups in two places,
+    both through ``ReplayBuffer._clear_groups(partition_id, uids)`` (``replay_buffer.py:241-259``): the zero-variance
+    groups that ``_evict_terminal_groups`` evicts (``:345-381``), and the surplus of the speculative refills once the
+    batch is full (``sample``, ``:483-492``). Both were generated and graded, so their outcomes are evidence about
+    their prompts. This subclass reads the finished, non-failed groups' fields from TransferQueue before they are
+    cleared and hands them to ``difficulty_observer(data, n)``; verl's behaviour is otherwise unchanged.
     """
 
     class ObservingReplayBuffer(base):
         difficulty_observer = None
 
-        def _evict_terminal_groups(self, global_steps, partition_id, eviction_reasons):
-            dapo_uids = eviction_reasons[1]
-            if dapo_uids and self.difficulty_observer is not None and partition_id == "train":
-                import transfer_queue as tq
-
-                keys = [k for k in self.partitions[partition_id] if k.split("_")[0] in dapo_uids]
+        def _clear_groups(self, partition_id, uids):
+            if uids and self.difficulty_observer is not None and partition_id == "train":
+                done = (set(uids) & self.finished_keys[partition_id]) - self.failure_keys[partition_id]
+                keys = [k for k in self.partitions[partition_id] if k.split("_")[0] in done]
                 if keys:
+                    import transfer_queue as tq
+
                     data = tq.kv_batch_get(keys=keys, partition_id=partition_id, select_fields=_FIELDS)
                     self.difficulty_observer(data, len(keys))
-            return super()._evict_terminal_groups(global_steps, partition_id, eviction_reasons)
+            return super()._clear_groups(partition_id, uids)
 
     ObservingReplayBuffer.__name__ = f"Observing{base.__name__}"
     return ObservingReplayBuffer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import warnings
@@ -881,3 +880,17 @@ def test_durian_confidence_ignores_masked_positions(sum_prob):
     lp[3, 0] = -float("inf") if not sum_prob else float("nan")
     with pytest.raises(ValueError, match=r"non-finite confidence .*\[3\]"):
         run_durian(dict(batch, old_log_probs=lp), sum_prob=sum_prob, alpha_reason=0.8)
+
+
+@pytest.mark.parametrize("which", ["dw", "durian"])
+def test_estimators_restore_the_torch_thread_count(which):
+    from verl_difficulty.estimators.common import one_intraop_thread
+
+    before = torch.get_num_threads()
+    batch = make_batch([4, 4, 3], seed=24)
+    run_dw(batch) if which == "dw" else run_durian(batch)
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="boom"):  # restored on errors too
+        with one_intraop_thread(torch.device("cpu")):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

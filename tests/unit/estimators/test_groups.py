@@ -69,6 +69,15 @@ def test_broadcast_to_tokens_writes_a_fresh_masked_tensor():
         out = G.broadcast_to_tokens(v, m, torch.float32)
         assert out.dtype == torch.float32 and out.data_ptr() != m.data_ptr()
         torch.testing.assert_close(out, v.float()[:, None] * mask, atol=0, rtol=0)
+    # a converted copy of the mask that the caller owns (row_sums' mask_copy) becomes the output, in place
+    tlr, mask, lp = _ragged_batch(seed=4)
+    s = G.row_sums(mask.to(torch.int64), tlr, lp)
+    assert s.mask_copy is not None and s.mask_copy.dtype == torch.float32
+    assert torch.equal(s.mask_copy, mask)
+    out = G.broadcast_to_tokens(v[: mask.shape[0]], mask.to(torch.int64), torch.float32, s.mask_copy)
+    assert out.data_ptr() == s.mask_copy.data_ptr()
+    torch.testing.assert_close(out, v[: mask.shape[0]].float()[:, None] * mask, atol=0, rtol=0)
+    assert G.row_sums(mask, tlr, lp).mask_copy is None  # a mask of the output dtype is not copied
 
 
 def test_group_ids_and_dense_ids():
@@ -107,13 +116,33 @@ def test_group_moments_and_pooled_moments_match_loops(seed):
         for i in rows:
             assert m.centred[i].item() == pytest.approx(vals[rows.index(i)] - statistics.mean(vals), abs=1e-12)
     assert torch.all(m.centred[~valid] == 0) and torch.isfinite(m.centred).all()
+    for g in range(num_groups):
+        vals = [values[i].item() for i in range(bs) if gid[i] == g and valid[i]]
+        assert m.vmin[g].item() == (min(vals) if vals else math.inf)
+        assert m.vmax[g].item() == (max(vals) if vals else -math.inf)
+        assert m.total[g].item() == pytest.approx(sum(vals), abs=1e-12)
     # pools of groups: the std of all valid values of all groups in the pool
-    pool_of_group = torch.from_numpy(rng.integers(0, 3, size=num_groups))
-    pm, pool = G.pooled_moments(values, gid, pool_of_group, 3, valid)
-    assert pool.tolist() == pool_of_group[gid].tolist()
-    for a in range(3):
-        vals = [values[i].item() for i in range(bs) if pool_of_group[gid[i]] == a and valid[i]]
-        assert pm.std[a].item() == pytest.approx(statistics.stdev(vals) if len(vals) > 1 else 0.0, abs=1e-12)
+    for n_pools in (1, 3, 12):
+        pool_of_group = torch.from_numpy(rng.integers(0, n_pools, size=num_groups))
+        pm = G.pooled_moments(m, pool_of_group, n_pools)
+        for a in range(n_pools):
+            vals = [values[i].item() for i in range(bs) if pool_of_group[gid[i]] == a and valid[i]]
+            assert pm.count[a].item() == len(vals)
+            want = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            assert pm.std[a].item() == pytest.approx(want, abs=1e-12)
+            if len(set(vals)) <= 1:
+                assert pm.std[a].item() == 0.0  # exactly
+
+
+def test_pooled_std_of_equal_values_is_exactly_zero():
+    # 0.1 is inexact: the prompts' means need not equal 0.1 bit for bit, the pooled std must still be exactly 0
+    values = torch.tensor([0.1] * 7 + [0.3, 0.1, 0.2], dtype=torch.float64)
+    gid = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    valid = torch.ones(10, dtype=torch.bool)
+    m = G.group_moments(values, gid, 3, valid)
+    pm = G.pooled_moments(m, torch.tensor([0, 0, 1]), 2)
+    assert pm.std[0].item() == 0.0 and pm.count.tolist() == [7.0, 3.0]
+    assert pm.std[1].item() == pytest.approx(0.1, abs=1e-12)
 
 
 def test_group_reductions_and_unbiased_std():
@@ -126,3 +155,34 @@ def test_group_reductions_and_unbiased_std():
     f64 = torch.float64
     std = G.unbiased_std(torch.tensor([2.0, 5.0, 0.0], dtype=f64), torch.tensor([2.0, 1.0, 0.0], dtype=f64))
     assert std.tolist() == pytest.approx([math.sqrt(2.0), 0.0, 0.0], abs=1e-15)
+
+
+def test_nonempty_rows_reads_whole_rows_only_when_the_first_token_is_masked():
+    _, mask, _ = _ragged_batch(seed=3)
+    mask[5, 0] = 0  # a response whose first token is masked but which is not empty
+    mask[5, 4] = 1
+    mask[7] = 0
+    for dtype in (torch.float32, torch.int64, torch.bool):
+        m = mask.to(dtype)
+        assert G.nonempty_rows(m).tolist() == (mask.sum(-1) > 0).tolist()
+    assert G.nonempty_rows(torch.zeros(3, 0)).tolist() == [False] * 3
+    s = G.row_sums(mask, torch.ones_like(mask))
+    assert s.lengths is None and s.valid.tolist() == (mask.sum(-1) > 0).tolist()
+    assert s.scores.tolist() == [float(mask.shape[1])] * mask.shape[0]
+
+
+def test_row_sums_work_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):
+    import multiprocessing as mp
+
+    monkeypatch.setattr(G, "BLOCK_BYTES", 4 * 17)  # many blocks: the helper threads are used
+    tlr, mask, lp = _ragged_batch()
+    parent = G.row_sums(mask, tlr, lp).log_prob_sum
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        child = pool.apply_async(_child_sums, (mask, tlr, lp)).get(timeout=60)
+    torch.testing.assert_close(child, parent)
+
+
+def _child_sums(mask, tlr, lp):
+    G.BLOCK_BYTES = 4 * 17
+    return G.row_sums(mask, tlr, lp).log_prob_sum

@@ -113,3 +113,30 @@ def test_attention_needs_eager(parts, requests):
     assert len(sdpa.forward(requests[:1], lambda c: [0.0], hidden_states=True)[0]) == 3
     with pytest.raises(ValueError, match="values for a batch"):
         sdpa.forward(requests[:2], lambda c: [0.0], hidden_states=True)
+
+
+def test_key_mass_and_head_aggregation_equal_output_attentions(fwd, requests):
+    """``key_mass`` in the hook (whole batch, mean and max over heads) equals the per-row reduction of the kept
+    ``output_attentions=True`` tensors; every capture says the model's depth."""
+    from verl_difficulty.models.forward import aggregate_heads, key_mass
+
+    depths = set()
+    batch, inputs = fwd._batch(requests)
+    keys = torch.stack([batch.image_mask, batch.prompt_mask & ~batch.image_mask], dim=-1)
+    got = {how: fwd.forward(requests, lambda c, how=how: (depths.add(c.num_layers),
+                                                          key_mass(c.attentions, keys, how))[1], attentions=True)
+           for how in ("mean", "max")}
+    n_layers = len(decoder_layers(fwd.model))
+    assert depths == {n_layers}
+    with torch.no_grad():
+        out = fwd.model.model(**inputs, output_attentions=True, use_cache=False)
+    for layer, attn in enumerate(out.attentions):
+        for i in range(len(requests)):
+            heads = attn[i].double()
+            for how, agg in (("mean", heads.mean(0)), ("max", heads.max(0).values)):
+                want = torch.stack([agg[:, batch.image_mask[i]].sum(-1),
+                                    agg[:, batch.prompt_mask[i] & ~batch.image_mask[i]].sum(-1)], dim=-1)
+                assert torch.allclose(got[how][i][layer].double(), want, rtol=1e-5, atol=1e-7)
+    assert torch.equal(aggregate_heads(out.attentions[0], "max"), out.attentions[0].amax(1))
+    with pytest.raises(ValueError, match="head aggregation"):
+        aggregate_heads(out.attentions[0], "median")

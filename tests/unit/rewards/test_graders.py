@@ -331,8 +331,9 @@ def test_bbox_spraying_boxes_is_not_rewarded():
         ("Hallo Wrld", "hello world", True),
         ("STOP", "stop", True),
         ("xyz", "hello world", False),
-        ("hello", "hello world", True),  # 2*5/16 = 0.625
-        ("he", "hello world", False),  # 2*2/13 = 0.31
+        ("hello world!", "hello world", True),  # 1 - 1/12
+        ("hello", "hello world", False),  # 1 - 6/11 = 0.45: half the text is missing
+        ("he", "hello world", False),  # 1 - 9/11 = 0.18
     ],
 )
 def test_ocr_threshold(answer, gt, ok):
@@ -342,7 +343,7 @@ def test_ocr_threshold(answer, gt, ok):
 
 
 def test_ocr_similarity_boundary():
-    # "abcd" vs "abxy": ratio = 2*2/8 = 0.5 -> accepted (>=), "abcd" vs "axyz": 0.25 -> rejected
+    # "abcd" vs "abxy": 1 - 2/4 = 0.5 -> accepted (>=), "abcd" vs "axyz": 1 - 3/4 = 0.25 -> rejected
     assert ocr_similarity("abcd", "abxy") == pytest.approx(0.5)
     assert grade_ocr("<answer>abcd</answer>", "abxy").acc == 1.0
     assert grade_ocr("<answer>abcd</answer>", "axyz").acc == 0.0
@@ -603,3 +604,191 @@ def test_matching_backends_agree(monkeypatch, use_lsa):
     assert len(pairs) == 3 and sorted(j for _, j, _ in pairs) == [0, 1, 2]
     r = grade_bbox("<answer>" + " ".join(str(list(p)) for p in pred) + "</answer>", [list(g) for g in gt])
     assert r.score == pytest.approx(3 / 4) and r.acc == 0.0
+
+
+# ====================================================================================================================
+# OCR similarity: definition, known values, long answers
+# ====================================================================================================================
+
+
+@pytest.mark.parametrize(
+    "pred, gt, expected",
+    [
+        # 1 - levenshtein / max length, by hand
+        ("abcd", "abxy", 0.5),  # 2 substitutions
+        ("hello", "hello world", 5 / 11),  # 6 insertions
+        ("he", "hello world", 2 / 11),
+        ("Hallo Wrld", "hello world", 9 / 11),  # a->e, insert o
+        ("xyz", "hello world", 0.0),  # 3 substitutions + 8 insertions
+        ("kitten", "sitting", 4 / 7),  # the textbook 3 edits
+        ("  HELLO \n World ", "hello world", 1.0),  # normalised: NFKC, lowercase, whitespace, quotes
+        ('"ﬁne"', "fine", 1.0),
+        ("", "", 1.0),
+        ("abc", "", 0.0),
+        ("bacbc", "ab", 2 / 5),  # 3 deletions
+        ("acbcac", "cbbac", 4 / 6),  # delete a, substitute c->b
+    ],
+)
+def test_ocr_similarity_known_values(pred, gt, expected):
+    assert ocr_similarity(pred, gt) == pytest.approx(expected, abs=1e-12)
+
+
+def _levenshtein_by_hand(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def test_ocr_similarity_equals_the_textbook_definition():
+    """1 - levenshtein / max length, against a plain dynamic-programming Levenshtein on random short strings."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        a = "".join(rng.choice("abc ") for _ in range(rng.randint(1, 12)))
+        b = "".join(rng.choice("abc ") for _ in range(rng.randint(1, 12)))
+        na, nb = P.normalize_ocr(a), P.normalize_ocr(b)
+        if not na or not nb:
+            continue
+        expected = 1 - _levenshtein_by_hand(na, nb) / max(len(na), len(nb))
+        assert ocr_similarity(a, b) == pytest.approx(expected, abs=1e-12), (a, b)
+
+
+def test_ocr_prediction_cut_to_twice_the_ground_truth():
+    # cut to max(OCR_MAX_CHARS, 2 * len(gt)) characters: gt + 4000 more characters is judged on its first 2000
+    assert ocr_similarity("abc" + "z" * 4000, "abc") == pytest.approx(3 / 2000)
+    assert ocr_similarity("a" * 1000 + "z" * 5000, "a" * 1000) == pytest.approx(1000 / 2000)
+
+
+def _long_text(n: int, seed: int) -> str:
+    """``n`` characters of random lowercase words separated by single spaces (normalisation keeps them as they are)."""
+    import random
+
+    rng = random.Random(seed)
+    words: list[str] = []
+    total = 0
+    while total < n + 1:
+        words.append("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(1, 9))))
+        total += len(words[-1]) + 1
+    return " ".join(words)[: n - 1] + "w"
+
+
+LONG = _long_text(10_000, 1)
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        (LONG, 1.0),  # identical
+        (LONG[:5000] + "Q" + LONG[5001:], 1 - 1 / 10_000),  # one substitution
+        (LONG[:5000] + LONG[5001:], 1 - 1 / 10_000),  # one deletion
+        ("0123456789" * 1000, 0.0),  # no character in common
+        (_long_text(10_000, 2), None),  # unrelated text over the same alphabet (the slowest case for difflib)
+    ],
+    ids=["identical", "one_substitution", "one_deletion", "disjoint", "unrelated"],
+)
+def test_ocr_on_10k_character_answers(answer, expected):
+    """Exact values on long answers (speed: benchmarks/reward.py; no timeout: the pool tests below)."""
+    assert len(LONG) == 10_000 and len(answer) >= 9_999
+    response = f"<think>reading the page</think><answer>{answer}</answer>"
+    result = grade_ocr(response, LONG)
+    sim = result.extras["similarity"]
+    if expected is not None:
+        assert sim == pytest.approx(expected, abs=1e-12)
+        assert ocr_similarity(answer, LONG) == pytest.approx(expected, abs=1e-12)
+        assert result.acc == (1.0 if expected >= 0.5 else 0.0) and result.reason == ""
+    else:
+        assert 0.0 < sim < 0.5 and result.acc == 0.0
+
+
+# ====================================================================================================================
+# Identity: an answer identical to the ground truth is correct before any expensive parsing
+# ====================================================================================================================
+# math-verify parses this for ever (sympy builds 10**(10**(10**10))), also against the identical ground truth
+HUGE = "10^{10^{10^{10}}}"
+
+
+@pytest.mark.parametrize(
+    "response, gt",
+    [
+        ("\\boxed{x  +\n 1}", "x + 1"),  # whitespace normalised
+        ("<think>w</think> so \\boxed{\\frac{a}{b}}", "<answer>\\frac{a}{b}</answer>"),  # gt tags/box stripped
+        ("<think>w</think> \\boxed{" + HUGE + "}", "\\boxed{" + HUGE + "}"),
+    ],
+)
+def test_math_identical_answer_short_circuit(response, gt):
+    r = grade_math(response, gt)
+    assert r.acc == 1.0 and r.reason == "" and r.extras["method"] == "identical"
+
+
+def test_identity_keeps_each_graders_extraction_and_rules():
+    # math_acc_format needs a box: an identical unboxed answer is no answer
+    r = grade_math("5", "5")
+    assert r.acc == 0.0 and "no \\boxed{}" in r.reason
+    assert grade_math("<think>w</think> 5", "5", require_boxed=False).extras["method"] == "identical"
+    # the reasoning is never the answer
+    assert grade_math("<think>7</think>", "7", require_boxed=False).acc == 0.0
+    assert grade_r1v("<think>\\boxed{7}</think> so 3", "7").acc == 0.0
+    assert grade_r1v("<think>7</think><answer>3</answer>", "7").acc == 0.0
+    assert grade_count("<think>3</think> I see 4", 3).acc == 0.0
+    assert grade_ocr("<think>abc</think> xyz", "abc").acc == 0.0
+    # identity is exact up to whitespace: case and LaTeX are not normalised by it
+    assert grade_math("\\boxed{X}", "x").extras["method"] != "identical"
+    # a malformed last box is still malformed
+    assert grade_math("\\boxed{5} \\boxed{5", "5").acc == 0.0
+
+
+@pytest.mark.parametrize(
+    "response, gt, pred",
+    [
+        ("<think>w</think><answer> a   b </answer>", "a b", "a   b"),  # the tag content
+        ("<think>w</think><answer>\\boxed{a b}</answer>", "\\boxed{a b}", "\\boxed{a b}"),  # its box
+        ("<think>w</think> the answer: \\boxed{a  b}", "<answer>a b</answer>", "a  b"),  # no tags: the last box
+        ("<think>w</think> a b ", "a b", "a b"),  # no tags, no box: the completion after the reasoning
+    ],
+)
+def test_r1v_identical_answer_short_circuit(response, gt, pred):
+    r = grade_r1v(response, gt)
+    assert r.acc == 1.0 and r.extras["method"] == "identical" and r.pred == pred
+
+
+def test_perception_identical_answers():
+    text = "Grand Café  du Nord"
+    r = grade_ocr(f"<answer>{text}</answer>", ["other", "Grand Café du Nord"])
+    assert r.acc == 1.0 and r.extras["similarity"] == 1.0
+    assert grade_count("<answer> 12 </answer>", "12").acc == 1.0
+    assert grade_count("<answer>3.5</answer>", "3.5").acc == 0.0  # counts are integers, identical or not
+    # the same boxes as the ground truth: correct, zero-area boxes included (their IoU is 0)
+    r = grade_bbox("<answer>[5, 5, 5, 5]</answer>", [5, 5, 5, 5])
+    assert r.acc == 1.0 and r.score == 1.0 and r.extras["iou"] == 1.0
+    r = grade_bbox("<answer>[5, 5, 5, 5], [5, 5, 5, 5]</answer>", [[5, 5, 5, 5], [5, 5, 5, 5]])
+    assert r.acc == 1.0
+    assert grade_bbox("<answer>[5, 5, 5, 5]</answer>", [5, 5, 5, 6]).acc == 0.0
+
+
+@pytest.mark.parametrize(
+    "task, response, gt",
+    [
+        ("math", "<think>w</think> \\boxed{" + HUGE + "}", "\\boxed{" + HUGE + "}"),
+        ("math", "<think>w</think> \\boxed{" + HUGE + "}", HUGE),
+        ("r1v", "\\boxed{" + HUGE + "}", "\\boxed{" + HUGE + "}"),
+        ("r1v", "<think>w</think> \\boxed{" + HUGE + "}", HUGE),
+        ("r1v", "<think>w</think><answer>" + HUGE + "</answer>", "<answer>" + HUGE + "</answer>"),
+    ],
+)
+def test_identical_hostile_latex_through_the_pool_does_not_time_out(grader, task, response, gt):
+    _warm(grader)
+    r = grader.grade(task, response, gt)  # a timeout would score 0 with reason "timeout"
+    assert r.acc == 1.0 and r.reason == "" and r.extras["method"] == "identical", r
+
+
+def test_long_ocr_through_the_pool_does_not_time_out(grader):
+    _warm(grader)
+    gt = LONG[:7000]
+    for answer, expected in [(gt, 1.0), (gt[:3000] + "Q" + gt[3001:], 1 - 1 / 7_000)]:
+        r = grader.grade("ocr", f"<think>w</think><answer>{answer}</answer>", gt)  # difflib: timed out here
+        assert r.acc == 1.0 and r.extras["similarity"] == pytest.approx(expected, abs=1e-12), r

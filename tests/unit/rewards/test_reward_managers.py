@@ -412,3 +412,39 @@ def test_reward_loop_manager_with_ray_actors(tokenizer_dir, tokenizer):
     finally:
         if started:
             ray.shutdown()
+
+
+# ====================================================================================================================
+# Identical answers and long OCR answers: correct and fast in every manager
+# ====================================================================================================================
+HUGE = "10^{10^{10^{10}}}"  # math-verify parses it for ever, also against the identical ground truth
+
+
+@pytest.mark.parametrize(
+    "name, rows, expected",
+    [
+        ("math_acc_format", [{"response": "<think>w</think> \\boxed{" + HUGE + "}", "gt": "\\boxed{" + HUGE + "}"},
+                             {"response": "\\boxed{" + HUGE + "}", "gt": HUGE}], [1.0, 0.9]),  # format still judged
+        ("r1v_acc", [{"response": "<think>w</think> \\boxed{" + HUGE + "}", "gt": "\\boxed{" + HUGE + "}"},
+                     {"response": "<think>w</think> <answer>" + HUGE + "</answer>", "gt": HUGE}], [1.0, 1.0]),
+        ("perception", [{"response": "<think>w</think> <answer>" + HUGE + "</answer>", "gt": HUGE,
+                         "extra": {TASK_TYPE: "math"}},
+                        {"response": "<think>w</think> <answer>" + "Lorem ipsum dolor " * 400 + "</answer>",
+                         "gt": "lorem ipsum dolor " * 400, "extra": {TASK_TYPE: "ocr"}},
+                        {"response": "<think>w</think> <answer>" + "Lorem ipsum dolor " * 399 + "Lorem ipsum dolo"
+                         + "</answer>", "gt": "lorem ipsum dolor " * 400, "extra": {TASK_TYPE: "ocr"}}],
+         [1.0, 1.0, 1.0]),
+    ],
+)
+def test_identical_and_long_answers_do_not_time_out_in_any_manager(tokenizer_dir, tokenizer, name, rows, expected):
+    limit = 2.0
+    worker = RewardLoopWorker(make_config(tokenizer_dir, name, reward_kwargs={"timeout_s": limit}),
+                              reward_router_address=None)  # the manager starts (and pings) its grader processes
+    data = make_batch(tokenizer, rows)
+    outputs = worker.loop.run_until_complete(worker.compute_score_batch(data))
+    assert [o["reward_score"] for o in outputs] == pytest.approx(expected)
+    # no timeout (it would score 0 with reason "timeout"): each response graded within the limit
+    assert all(o["reward_extra_info"][ACC] == 1.0 and o["reward_extra_info"]["reason"] == "" for o in outputs)
+    if name == "perception":
+        sims = [o["reward_extra_info"]["similarity"] for o in outputs[1:]]
+        assert sims == pytest.approx([1.0, 1 - 1 / 7199])  # normalised: 7199 and 7198 characters, one deletion

@@ -8,7 +8,16 @@ import types
 import pytest
 
 from verl_difficulty.data.synthetic import DEFAULT_SYSTEM_PROMPT, generate_rows
-from verl_difficulty.schema import CDE_ACC_IMG, CDE_ACC_TXT, CDE_D, CDE_ROLLOUTS
+from verl_difficulty.schema import (
+    CDE_ACC_IMG,
+    CDE_ACC_TXT,
+    CDE_D,
+    CDE_IMG_CORRECT,
+    CDE_IMG_CORRECT_FORMATTED,
+    CDE_ROLLOUTS,
+    CDE_TXT_CORRECT,
+    CDE_TXT_CORRECT_FORMATTED,
+)
 from verl_difficulty.data.rows import build_messages, prepare_row
 from verl_difficulty.scoring.context import ScoringContext
 from verl_difficulty.scoring.scorers.cde import CdeScorer
@@ -40,6 +49,72 @@ def test_cde_on_a_scripted_model(rows):
         assert out[CDE_ROLLOUTS] == 5
     assert ctx.generations == 2 * 5 * len(rows)
     assert set(seen_images) == {(0, True, 1), (1, False, 0)}  # image arm has the image, text arm none
+
+
+@pytest.mark.parametrize("m", [5, 3])
+def test_cde_counts_correct_and_correct_formatted_rollouts(rows, m):
+    """Hand-built verdicts per (row, arm, try): correct & formatted, correct only, formatted but wrong, neither."""
+    texts = {"cf": "<answer>yes</answer>", "c": "yes", "f": "<answer>no</answer>", "-": "no"}
+    script = {  # row -> (image-arm verdicts, text-arm verdicts), one letter per try
+        0: ("cf cf cf cf cf", "- - - - -"),
+        1: ("c c c c c", "cf c f - -"),
+        2: ("cf c f - cf", "f f f f f"),
+        3: ("- - - - -", "cf cf c c -"),
+        4: ("c cf - f c", "c - - - cf"),
+        5: ("f f cf f f", "c c c c c"),
+    }
+
+    def outcome(tag, req):
+        return texts[script[tag["row"]][tag["arm"]].split()[tag["try"]]]
+
+    ctx = ScoringContext(ScriptedBackend(outcome=outcome), ScriptedVerifier(), seed=0, batch_size=4)
+    res = CdeScorer(m=m, max_tokens=4).score(rows, ctx)
+    for r, out in zip(rows, res):
+        img, txt = (v.split()[:m] for v in script[r.row_id])
+        want = {CDE_IMG_CORRECT: sum(v in ("cf", "c") for v in img), CDE_IMG_CORRECT_FORMATTED: img.count("cf"),
+                CDE_TXT_CORRECT: sum(v in ("cf", "c") for v in txt), CDE_TXT_CORRECT_FORMATTED: txt.count("cf")}
+        assert {k: out[k] for k in want} == want, r.row_id
+        assert all(type(out[k]) is int for k in want)
+        assert out[CDE_ACC_IMG] == want[CDE_IMG_CORRECT] / m and out[CDE_ACC_TXT] == want[CDE_TXT_CORRECT] / m
+        assert out[CDE_ROLLOUTS] == m
+    by_row = {r.row_id: out for r, out in zip(rows, res)}
+    # correct but unformatted rollouts count in *_correct only
+    assert by_row[1][CDE_IMG_CORRECT] == m and by_row[1][CDE_IMG_CORRECT_FORMATTED] == 0
+    assert by_row[5][CDE_TXT_CORRECT] == m and by_row[5][CDE_TXT_CORRECT_FORMATTED] == 0
+    # formatted but wrong rollouts count in neither
+    assert by_row[5][CDE_IMG_CORRECT] == by_row[5][CDE_IMG_CORRECT_FORMATTED] == 1
+    assert CdeScorer.version == "2"
+    assert [name for name, _ in CdeScorer().fields()][-4:] == [CDE_IMG_CORRECT, CDE_IMG_CORRECT_FORMATTED,
+                                                                CDE_TXT_CORRECT, CDE_TXT_CORRECT_FORMATTED]
+
+
+def test_verdicts_of_the_verifiers(rows):
+    from verl_difficulty.scoring.context import Verdict
+    from verl_difficulty.scoring.verifier import RewardVerifier
+
+    v = ScriptedVerifier()
+    got = v.grade(["<answer>yes</answer>", "yes", "<answer>no</answer>", ""], [None] * 4)
+    assert got == [Verdict(True, True), Verdict(True, False), Verdict(False, True), Verdict(False, False)]
+    assert v.verify(["yes"], [None]) == [True]
+    assert ScriptedVerifier(format_token="").grade(["yes"], [None]) == [Verdict(True, True)]
+    # the plugin's rewards: correct = acc, formatted = the reward's own format check
+    rv = RewardVerifier("math_acc_format", timeout_s=10, num_procs=1)
+    row = copy.copy(rows[0])
+    row.ground_truth = "7"
+    out = rv.grade(["<think>add</think> \\boxed{7}", "\\boxed{7}", "<think>add</think> \\boxed{8}"], [row] * 3)
+    assert out == [Verdict(True, True), Verdict(True, False), Verdict(False, True)]
+    assert rv.verify(["\\boxed{7}"], [row]) == [True]
+
+
+def test_cde_refuses_a_verifier_without_format(rows):
+    class AccOnly:
+        def verify(self, responses, rows):
+            return [True] * len(responses)
+
+    ctx = ScoringContext(ScriptedBackend(), AccOnly(), seed=0, batch_size=4)
+    ctx.scorer = "cde"
+    with pytest.raises(RuntimeError, match="'cde' counts well-formatted responses.*AccOnly.*grade"):
+        CdeScorer(m=1, max_tokens=4).score(rows[:1], ctx)
 
 
 def test_cde_builtin_scripted_model_is_seeded(rows):

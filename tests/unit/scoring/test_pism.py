@@ -17,7 +17,9 @@ from verl_difficulty.scoring.scorers.pism import (
     PismScorer,
     lambda_star,
     mask_image,
+    mask_row_images,
     pism_bucket,
+    rect_reference_size,
     rect_size,
     required_correct,
     run_procedure,
@@ -90,6 +92,96 @@ def test_masks_are_deterministic_and_vary_by_key():
     assert mask_image(img, 0.0, "rect", 1, 2, 3) is img  # ratio 0 = the original image
     masked = mask_image(img, 0.4, "rect", 1, 2, 3)
     assert np.array_equal(np.asarray(img)[~_black_mask(masked)], np.asarray(masked)[~_black_mask(masked)])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rect_reference: the official script's PIL rectangle
+# ----------------------------------------------------------------------------------------------------------------
+def _reference_mask(w_img, h_img, ratio, x, y):
+    """The mask PIL's ImageDraw.rectangle((x, y, x + w, y + h)) fills, by hand: both corners inclusive, clipped."""
+    w, h = rect_reference_size(w_img, h_img, ratio)
+    m = np.zeros((h_img, w_img), dtype=bool)
+    m[y : min(y + h, h_img - 1) + 1, x : min(x + w, w_img - 1) + 1] = True
+    return m
+
+
+@pytest.mark.parametrize("w_img,h_img,ratio,sides", [
+    (28, 28, 0.1, (8, 8)),     # floor(8.85): 9 x 9 = 81 pixels unless clipped (rect: 8 x 8 = 64)
+    (14, 14, 0.1, (4, 4)),     # floor(4.43): 5 x 5 = 25 pixels unless clipped
+    (56, 84, 0.3, (30, 46)),   # floor(30.67), floor(46.01)
+    (3, 2, 0.1, (1, 1)),       # floor(0.95), floor(0.63): max(1, .) = 1, so 2 x 2 pixels
+    (100, 37, 0.9, (94, 35)),
+])
+def test_rect_reference_sides_and_pixel_counts(w_img, h_img, ratio, sides):
+    w, h = sides
+    assert rect_reference_size(w_img, h_img, ratio) == sides
+    seen = set()
+    for t in range(60):
+        img = mask_image(_white(w_img, h_img), ratio, "rect_reference", seed=0, row_id=3, try_index=t)
+        m = _black_mask(img)
+        ys, xs = np.nonzero(m)
+        x, y = int(xs.min()), int(ys.min())
+        assert 0 <= x <= w_img - w and 0 <= y <= h_img - h  # corner uniform in [0, W-w] x [0, H-h]
+        assert np.array_equal(m, _reference_mask(w_img, h_img, ratio, x, y))
+        cols = w + 1 - (x + w == w_img)  # the far column / row is clipped at the edge
+        rows = h + 1 - (y + h == h_img)
+        assert m.sum() == cols * rows
+        seen.add((x + w == w_img, y + h == h_img))
+    assert (False, False) in seen and len(seen) > 1  # both placements occur (clipped and not)
+
+
+def test_rect_reference_hand_computed_placements():
+    # 28 x 28 at 0.1: sides 8; a corner at (3, 5) masks 9 x 9 = 81 pixels, at the far corner (20, 20) 8 x 8 = 64
+    assert _reference_mask(28, 28, 0.1, 3, 5).sum() == 81
+    assert _reference_mask(28, 28, 0.1, 20, 20).sum() == 64 and _reference_mask(28, 28, 0.1, 20, 0).sum() == 72
+    # the mean fraction over all positions: 10.2% (rect: 64 / 784 = 8.2%)
+    mean = np.mean([_reference_mask(28, 28, 0.1, x, y).sum() for x in range(21) for y in range(21)]) / 784
+    assert round(mean, 3) == 0.102 and round(64 / 784, 3) == 0.082
+    img = mask_image(_white(14, 14), 0.1, "rect_reference", seed=1, row_id=1, try_index=0)
+    assert _black_mask(img).sum() in (25, 20, 16)  # 5 x 5 unless clipped at one or both far edges
+
+
+def test_rect_reference_masks_only_the_first_image_at_its_original_resolution():
+    from verl_difficulty.data.rows import decode_image
+
+    white = [_white(56, 84), _white(84, 56), _white(28, 28)]
+    row = ScoringRow(row_id=4, position=0, messages=[], text_messages=[], images=white, ground_truth="x")
+    assert mask_row_images(row, 0.0, "rect_reference", 0, 1) == white  # ratio 0: the originals
+    out = mask_row_images(row, 0.4, "rect_reference", 0, 1)
+    assert [im.size for im in out] == [im.size for im in white]
+    assert out[1] is white[1] and out[2] is white[2]  # other images unmasked
+    ref = mask_image(white[0], 0.4, "rect_reference", 0, 4, 1, 0)
+    assert np.array_equal(np.asarray(out[0]), np.asarray(ref))
+    w, h = rect_reference_size(56, 84, 0.4)
+    assert _black_mask(out[0]).sum() in {(w + 1 - a) * (h + 1 - b) for a in (0, 1) for b in (0, 1)}
+    # rect masks every image (unchanged behaviour)
+    assert all(_black_mask(im).sum() == np.prod(rect_size(*im.size, 0.4)) for im in
+               mask_row_images(row, 0.4, "rect", 0, 1))
+    # with the stored source: masked at the source's resolution, then resized as verl does
+    original = _white(150, 100)  # not a multiple of 28: fetch_image resizes it
+    row.image_sources, row.images = [original], [decode_image(original)] + white[1:]
+    out = mask_row_images(row, 0.2, "rect_reference", 0, 2)
+    assert out[0].size == row.images[0].size != original.size
+    expected = decode_image(mask_image(original, 0.2, "rect_reference", 0, 4, 2, 0))
+    assert np.array_equal(np.asarray(out[0]), np.asarray(expected))
+    assert out[1:] == row.images[1:]
+
+
+def test_scorer_rect_reference_sends_the_first_image_masked():
+    seen = []
+
+    def outcome(tag, req):
+        seen.append((tag["ratio"], [masked_fraction(im) for im in req.images]))
+        return True
+
+    row = _row(0)
+    row.images = row.images + [_white(28, 56)]
+    ctx = ScoringContext(ScriptedBackend(outcome=outcome), ScriptedVerifier(), seed=0, batch_size=4)
+    res = PismScorer(max_tokens=2, mode="rect_reference").score([row], ctx)
+    assert res[0][PISM_BUCKET] == "easy" and len(seen) == 10
+    for ratio, (first, second) in seen:
+        assert second == 0.0
+        assert (first > 0) == (ratio > 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -262,6 +354,7 @@ def test_params_validation():
         parse(PismParams, {"ratios": (0.0, 0.3, 0.2)}, "pism")
     with pytest.raises(ValueError, match="pism.mode"):
         parse(PismParams, {"mode": "blur"}, "pism")
+    assert parse(PismParams, {"mode": "rect_reference"}, "pism").mode == "rect_reference"
     with pytest.raises(ValueError, match="pism.at_medium_max"):
         parse(PismParams, {"at_medium_max": "hard"}, "pism")
     for bad in ({"ratios": (0.0, float("nan"))}, {"ratios": (0.0, 1.0)}, {"temperature": -0.1}, {"top_p": 0.0},

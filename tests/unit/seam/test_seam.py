@@ -8,8 +8,8 @@ import torch
 
 import verl  # noqa: F401  (loads the plugin)
 from verl_difficulty import schema
-from verl_difficulty.seam.trainer import SeamConfig, per_sample_fields
-from verl_difficulty.seam.inputs import seam_inputs, with_seam_inputs
+from verl_difficulty.seam.inputs import response_verdicts, seam_inputs, with_seam_inputs
+from verl_difficulty.seam.trainer import batch_metrics, per_sample_fields
 
 
 def _tq_like_batch():
@@ -27,6 +27,9 @@ def _tq_like_batch():
     td = tu.list_of_dict_to_tensordict(rows)
     td["rm_scores"] = torch.nested.as_nested_tensor([torch.tensor([0.0, 1.0]), torch.tensor([0.0]),
                                                      torch.tensor([0.0, 0.0, 0.0])], layout=torch.jagged)
+    # the third response is empty (no valid token): left out of every pass rate
+    td["response_mask"] = torch.nested.as_nested_tensor([torch.tensor([1, 1]), torch.tensor([1]),
+                                                         torch.tensor([0, 0, 0])], layout=torch.jagged)
     return td
 
 
@@ -38,6 +41,8 @@ def test_per_sample_fields_from_transferqueue_like_batch():
     assert ntb[schema.FORMAT].tolist() == [1.0, 1.0, 0.0]
     assert list(ntb["reason"]) == ["", "wrong", "no tag"]  # non-numeric extras stay objects
     assert ntb[schema.EXTRA_INFO][0][schema.VISUAL_ENTROPY] == 1.5
+    # the one verdict: the reward's acc, NaN for the empty response
+    np.testing.assert_array_equal(ntb[schema.CORRECT], [1.0, 0.0, np.nan])
     with pytest.raises(RuntimeError, match="expected 4"):
         per_sample_fields(_tq_like_batch(), 4)
 
@@ -80,7 +85,22 @@ def test_legacy_trainer_path_gives_a_clear_error():
         compute_advantage(data, adv_estimator="durian", config=cfg)
 
 
-def test_seam_config_rejects_unknown_keys():
-    with pytest.raises(ValueError, match="unknown settings"):
-        SeamConfig.from_config({"samplr": {}})
-    assert SeamConfig.from_config(None).sampler.enable is False
+def test_one_verdict_rule():
+    scores = np.array([1.0, 0.2, 0.9, 0.6])
+    # acc reported (finite everywhere): it decides, whatever the reward
+    np.testing.assert_array_equal(response_verdicts(scores, np.array([0.0, 1.0, 1.0, 0.0])), [0, 1, 1, 0])
+    # no acc, or acc with a gap: the one threshold on the scalar reward
+    np.testing.assert_array_equal(response_verdicts(scores), [1, 0, 1, 1])
+    np.testing.assert_array_equal(response_verdicts(scores, np.array([1.0, np.nan, 0.0, 0.0]), threshold=0.7),
+                                  [1, 0, 1, 0])
+    # empty responses are left out
+    np.testing.assert_array_equal(response_verdicts(scores, lengths=np.array([3, 0, 2, 1])), [1, np.nan, 1, 1])
+
+
+def test_batch_metrics_leave_empty_responses_out():
+    ntb = per_sample_fields(_tq_like_batch(), 3)
+    m = batch_metrics(ntb, None)
+    assert m["difficulty/batch/acc_mean"] == 0.5  # the empty response does not count as wrong
+    assert m["difficulty/batch/group_pass_rate_mean"] == 0.5  # u1 has no valid response: no group rate
+    assert m["difficulty/batch/empty_responses"] == 1.0
+    assert all(k.startswith("difficulty/") for k in m)

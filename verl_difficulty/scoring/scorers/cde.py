@@ -6,9 +6,19 @@ the chat messages and the remaining text parts joined, so the prompt is valid te
 template and processor (no image tokens at all, not a blank image). Selection (paper mode keep D >= 0.5; the
 reference code's LIMR-style alignment) is done later by the selectors from these columns.
 
+Counts per arm, for the reference-code selection: the official RAP script grades with 0.9*accuracy + 0.1*format
+and counts a rollout as accurate for its alignment score and D only when its reward equals 1 (correct AND well
+formatted), while its ``easy`` (5/5) and ``right1`` (1/5) flags count reward >= 0.9 (correct, format ignored). So the
+scorer records both counts per arm, graded by the verifier's (correct, formatted) verdict of each rollout
+(``ctx.grade``; the reward's own format check, whatever its weight in the reward): ``*_correct`` = correct rollouts,
+``*_correct_formatted`` = correct and well-formatted rollouts (never more than ``*_correct``). The accuracies and D
+above use the correct count (format ignored).
+
 Writes :data:`~verl_difficulty.schema.CDE_ACC_IMG`, :data:`~verl_difficulty.schema.CDE_ACC_TXT`,
-:data:`~verl_difficulty.schema.CDE_D`, :data:`~verl_difficulty.schema.CDE_ROLLOUTS`. Rollout j of arm a (0 = image,
-1 = text) of row r uses seed ``derive_seed(seed, r, "cde", a, j)``.
+:data:`~verl_difficulty.schema.CDE_D`, :data:`~verl_difficulty.schema.CDE_ROLLOUTS`,
+:data:`~verl_difficulty.schema.CDE_IMG_CORRECT`, :data:`~verl_difficulty.schema.CDE_IMG_CORRECT_FORMATTED`,
+:data:`~verl_difficulty.schema.CDE_TXT_CORRECT`, :data:`~verl_difficulty.schema.CDE_TXT_CORRECT_FORMATTED`. Rollout j
+of arm a (0 = image, 1 = text) of row r uses seed ``derive_seed(seed, r, "cde", a, j)``.
 """
 
 from __future__ import annotations
@@ -17,11 +27,23 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from verl_difficulty.config import setting
-from verl_difficulty.schema import CDE_ACC_IMG, CDE_ACC_TXT, CDE_D, CDE_ROLLOUTS
+from verl_difficulty.schema import (
+    CDE_ACC_IMG,
+    CDE_ACC_TXT,
+    CDE_D,
+    CDE_IMG_CORRECT,
+    CDE_IMG_CORRECT_FORMATTED,
+    CDE_ROLLOUTS,
+    CDE_TXT_CORRECT,
+    CDE_TXT_CORRECT_FORMATTED,
+)
 from verl_difficulty.scoring.registry import register_scorer
 from verl_difficulty.scoring.scorer import RolloutParams, Scorer
 
 ARM_IMAGE, ARM_TEXT = 0, 1
+COUNTS = {ARM_IMAGE: (CDE_IMG_CORRECT, CDE_IMG_CORRECT_FORMATTED),
+          ARM_TEXT: (CDE_TXT_CORRECT, CDE_TXT_CORRECT_FORMATTED)}
+"""Per arm: the columns of its correct and its correct-and-formatted rollout counts."""
 
 
 @dataclass
@@ -33,10 +55,11 @@ class CdeParams(RolloutParams):
 
 @register_scorer
 class CdeScorer(Scorer):
-    """acc with the image, acc without it, their difference D (needs at least one image per row)."""
+    """acc with the image, acc without it, their difference D, and per arm the correct and the correct-and-formatted
+    rollout counts (needs at least one image per row, and a verifier that reports the format)."""
 
     name = "cde"
-    version = "1"
+    version = "2"
     title = "P4 causal discrepancy (with vs without the image)"
     Params = CdeParams
     requires_image = True
@@ -45,7 +68,7 @@ class CdeScorer(Scorer):
         import pyarrow as pa
 
         return [(CDE_ACC_IMG, pa.float64()), (CDE_ACC_TXT, pa.float64()), (CDE_D, pa.float64()),
-                (CDE_ROLLOUTS, pa.int64())]
+                (CDE_ROLLOUTS, pa.int64())] + [(c, pa.int64()) for arm in (ARM_IMAGE, ARM_TEXT) for c in COUNTS[arm]]
 
     def score(self, rows: Sequence, ctx) -> list:
         out, prompts = self.prompts(rows, ctx, variants=(True, False))
@@ -58,14 +81,19 @@ class CdeScorer(Scorer):
                     requests.append(self.request(ctx, row, arm_prompts[arm], images, arm, j, arm=arm, **{"try": j}))
                     keys.append((i, arm))
         correct = {(i, a): 0 for i in range(len(rows)) for a in (ARM_IMAGE, ARM_TEXT)}
-        for key, ok in self.rollouts(ctx, rows, requests, keys, out):
-            correct[key] += int(ok)
+        formatted = dict(correct)
+        for key, verdict in self.rollouts(ctx, rows, requests, keys, out, formatted=True):
+            correct[key] += int(verdict.correct)
+            formatted[key] += int(verdict.correct and verdict.formatted)
         for i in range(len(rows)):
             if out[i] is None:
                 acc_img = correct[(i, ARM_IMAGE)] / self.p.m
                 acc_txt = correct[(i, ARM_TEXT)] / self.p.m
                 out[i] = {CDE_ACC_IMG: acc_img, CDE_ACC_TXT: acc_txt, CDE_D: acc_img - acc_txt,
                           CDE_ROLLOUTS: self.p.m}
+                for arm, (c_col, f_col) in COUNTS.items():
+                    out[i][c_col] = correct[(i, arm)]
+                    out[i][f_col] = formatted[(i, arm)]
         return out
 
     def summarize(self, table) -> dict:

@@ -10,12 +10,26 @@ lambda* = min{lambda : P_c(lambda) < tau} (tau = 0.1) and the bucket is
 * ``easy`` if lambda* > ``medium_max`` or the sample never fails; lambda* == ``medium_max`` goes to
   ``at_medium_max``: ``easy`` as in the paper's text (default) or ``medium`` as in its appendix table.
 
-Mask modes: ``rect`` (the reference code: ONE rectangle of floor(W*sqrt(lambda)) x floor(H*sqrt(lambda)) pixels at a
-uniformly random position, filled with ``fill`` = black) and ``pixel`` (the paper's text: round(lambda*W*H) distinct
-pixels chosen uniformly at random set to ``fill``). The mask is drawn on the image the model sees (after verl's
-``fetch_image`` resizing), so the masked fraction is exact and the image size, hence the number of image tokens and
-the prompt ids, never change. The mask of (row, ratio, try, image) comes from a numpy generator seeded with
-``(seed, row id, "pism-mask", ratio, try, image index)``; the sampling seed of the try is
+Mask modes (``fill`` = black by default):
+
+* ``rect`` (default; the reference code's rectangle, made exact): on every image, ONE rectangle of exactly
+  w x h pixels, w = floor(W*sqrt(lambda)), h = floor(H*sqrt(lambda)), top-left corner uniform in
+  [0, W-w] x [0, H-h], so it covers w*h/(W*H) ~ lambda of the image (8.2% of a 28x28 image at lambda = 0.1);
+* ``rect_reference`` (the official P1 script's exact geometry): w = max(1, floor(W*sqrt(lambda))),
+  h = max(1, floor(H*sqrt(lambda))), corner (x, y) uniform in [0, W-w] x [0, H-h], drawn with PIL
+  ``ImageDraw.rectangle((x, y, x + w, y + h))``, which fills BOTH corners inclusive: (w+1) x (h+1) pixels, clipped
+  at the far image edge (x + w = W or y + h = H loses that column / row): on a 28x28 image at lambda = 0.1 the sides
+  are 8 x 8 and the mask 9 x 9 = 81 pixels (8 x 9 or 8 x 8 when clipped; 10.2% of the image on average over the
+  positions) where ``rect`` masks 8 x 8 = 64 (8.2%); on the FIRST image of the row only (the others are sent
+  unmasked), at the image's ORIGINAL resolution (the row's stored image, before verl's ``fetch_image`` resizing,
+  which is then applied to the masked image as verl would; a row without stored sources is masked at the size
+  given);
+* ``pixel`` (the paper's text): round(lambda*W*H) distinct pixels chosen uniformly at random set to ``fill``.
+
+``rect`` and ``pixel`` are drawn on the image the model sees (after verl's ``fetch_image`` resizing), so the masked
+fraction is exact and the image size, hence the number of image tokens and the prompt ids, never change. The mask
+of (row, ratio, try, image) comes from a numpy generator seeded with ``(seed, row id, "pism-mask", ratio, try, image
+index)`` (``rect_reference``: image index 0; x is drawn before y, as in ``rect``); the sampling seed of the try is
 ``derive_seed(seed, row id, "pism", ratio, try)``. Decoding (reference code): temperature 0.7, 1024 new tokens.
 
 Exact early exit (what makes PISM affordable): with ``need = ceil(tau*K)`` correct tries required to pass a ratio,
@@ -40,12 +54,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from verl_difficulty.config import ConfigError, setting
-from verl_difficulty.data.rows import RowFailure
+from verl_difficulty.data.rows import ExecutionFault, RowFailure
 from verl_difficulty.schema import PISM_BUCKET, PISM_LAMBDA, PISM_PASS, PISM_TRIES
 from verl_difficulty.scoring.registry import register_scorer
 from verl_difficulty.scoring.scorer import RolloutParams, Scorer, ratio_key, seed_sequence
 
-MASK_MODES = ("rect", "pixel")
+MASK_MODES = ("rect", "pixel", "rect_reference")
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(10))
 _EPS = 1e-9
 
@@ -54,9 +68,17 @@ _EPS = 1e-9
 # Masks
 # ----------------------------------------------------------------------------------------------------------------
 def rect_size(width: int, height: int, ratio: float) -> tuple[int, int]:
-    """(w, h) of the reference-code rectangle: floor(W*sqrt(ratio)), floor(H*sqrt(ratio)) (1e-9 guards 0.3*0.3)."""
+    """(w, h) of the ``rect`` rectangle, exactly w x h pixels: floor(W*sqrt(ratio)), floor(H*sqrt(ratio)) (1e-9
+    guards 0.3*0.3)."""
     s = math.sqrt(max(0.0, float(ratio)))
     return min(width, math.floor(width * s + _EPS)), min(height, math.floor(height * s + _EPS))
+
+
+def rect_reference_size(width: int, height: int, ratio: float) -> tuple[int, int]:
+    """(w, h) of the ``rect_reference`` sides: max(1, floor(W*sqrt(ratio))), max(1, floor(H*sqrt(ratio))) (the
+    drawn rectangle then covers up to (w+1) x (h+1) pixels: PIL includes both corners)."""
+    w, h = rect_size(width, height, ratio)
+    return max(1, w), max(1, h)
 
 
 def mask_array(arr: np.ndarray, ratio: float, mode: str, rng: np.random.Generator,
@@ -69,11 +91,18 @@ def mask_array(arr: np.ndarray, ratio: float, mode: str, rng: np.random.Generato
         return out
     h_img, w_img = out.shape[:2]
     fill_arr = np.asarray(fill, dtype=out.dtype)
-    if mode == "rect":
-        w, h = rect_size(w_img, h_img, ratio)
+    if mode in ("rect", "rect_reference"):
+        w, h = (rect_size if mode == "rect" else rect_reference_size)(w_img, h_img, ratio)
         x0 = int(rng.integers(0, w_img - w + 1))
         y0 = int(rng.integers(0, h_img - h + 1))
-        out[y0 : y0 + h, x0 : x0 + w] = fill_arr
+        if mode == "rect":
+            out[y0 : y0 + h, x0 : x0 + w] = fill_arr
+        else:  # PIL is the reference: both corners inclusive, clipped at the image edge
+            from PIL import Image, ImageDraw
+
+            pil = Image.fromarray(out)
+            ImageDraw.Draw(pil).rectangle((x0, y0, x0 + w, y0 + h), fill=tuple(int(c) for c in fill))
+            out = np.array(pil)
     else:
         n_pix = h_img * w_img
         n = min(n_pix, int(round(float(ratio) * n_pix)))
@@ -85,7 +114,8 @@ def mask_array(arr: np.ndarray, ratio: float, mode: str, rng: np.random.Generato
 
 def mask_image(image: Any, ratio: float, mode: str, seed: int, row_id: int, try_index: int, image_index: int = 0,
                fill: Sequence[int] = (0, 0, 0)) -> Any:
-    """The masked PIL image of (seed, row, ratio, try, image): deterministic, same size as ``image``."""
+    """The masked PIL image of (seed, row, ratio, try, image): deterministic, same size as ``image`` (one image;
+    :func:`mask_row_images` applies a mode to a row)."""
     from PIL import Image
 
     if ratio <= 0:
@@ -93,6 +123,26 @@ def mask_image(image: Any, ratio: float, mode: str, seed: int, row_id: int, try_
     rng = np.random.default_rng(seed_sequence(seed, row_id, "pism-mask", ratio_key(ratio), try_index, image_index))
     arr = np.asarray(image.convert("RGB"))
     return Image.fromarray(mask_array(arr, ratio, mode, rng, fill))
+
+
+def mask_row_images(row: Any, ratio: float, mode: str, seed: int, try_index: int,
+                    fill: Sequence[int] = (0, 0, 0)) -> list:
+    """The images of one try of a row (a :class:`~verl_difficulty.data.rows.ScoringRow`) at ``ratio``: ``rect`` /
+    ``pixel`` mask every image as the model sees it; ``rect_reference`` masks only the first image, at its original
+    resolution (``row.image_sources[0]``; the row's image itself when the row has no sources), then resizes it as
+    verl does (``fetch_image``; without sources the masked image is sent at its size); ratio 0: the row's images
+    unchanged."""
+    images = list(row.images)
+    if ratio <= 0 or not images:
+        return images
+    if mode != "rect_reference":
+        return [mask_image(im, ratio, mode, seed, row.row_id, try_index, j, fill) for j, im in enumerate(images)]
+    from verl_difficulty.data.rows import decode_image, open_image
+
+    sources = getattr(row, "image_sources", None) or []
+    original = open_image(sources[0]).convert("RGB") if sources else images[0]
+    masked = mask_image(original, ratio, mode, seed, row.row_id, try_index, 0, fill)
+    return [decode_image(masked) if sources else masked] + images[1:]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -140,8 +190,10 @@ class PismParams(RolloutParams):
 
     temperature: float = setting(0.7, ge=0.0, source="P1 reference code", help="sampling temperature (0 = greedy)")
     mode: str = setting("rect", choices=MASK_MODES, source="P1 reference code",
-                        help="rect = one black rectangle of sqrt(ratio)-scaled sides (reference code); pixel = that "
-                        "fraction of random pixels (paper text)")
+                        help="rect = one black rectangle of exactly floor(W*sqrt(ratio)) x floor(H*sqrt(ratio)) "
+                        "pixels per image; rect_reference = the official script's PIL rectangle ((w+1) x (h+1) "
+                        "pixels, clipped; first image only, original resolution); pixel = that fraction of random "
+                        "pixels (paper text)")
     ratios: tuple[float, ...] = setting(DEFAULT_RATIOS, ge=0.0, lt=1.0, source="P1",
                                         help="mask ratios, strictly ascending in [0, 1), starting at 0.0")
     k: int = setting(10, ge=1, source="P1", help="masked versions (tries) per ratio")
@@ -314,8 +366,9 @@ class PismScorer(Scorer):
                 for r, t in st.pending():
                     ratio = self.p.ratios[r]
                     try:
-                        images = [mask_image(im, ratio, self.p.mode, ctx.seed, row.row_id, t, j, self.p.fill)
-                                  for j, im in enumerate(row.images)]
+                        images = mask_row_images(row, ratio, self.p.mode, ctx.seed, t, self.p.fill)
+                    except ExecutionFault:
+                        raise
                     except Exception as e:  # noqa: BLE001
                         out[i] = RowFailure(f"pism: masking failed: {type(e).__name__}: {e}")
                         break

@@ -5,9 +5,9 @@ sampler, estimator, reward manager and CPU backend. Nothing is mocked. Three lau
 
 1. 2 GRPO-style steps with ``difficulty_weighted`` + ``r1v_acc`` + the difficulty sampler, checkpoint at step 2;
 2. the same command with 3 total steps: resumes from the checkpoint and runs step 3 with the sampler state restored;
-3. 1 step with ``durian`` under DAPO (reasoning branch on ``old_log_probs``; perceptual branch off since the synthetic
-   data has no visual-entropy column yet: the forward-pass scorers are a later issue); the sampler must learn from
-   every generated prompt, including the groups DAPO's ``filter_groups`` evicts before the advantage step.
+3. 1 step with ``durian`` under DAPO on the rows scored by the ``visual_entropy`` scorer (perceptual branch on the
+   scorer's column, reasoning branch on ``old_log_probs``); the sampler must learn from every generated prompt,
+   including the groups DAPO's ``filter_groups`` drops before the advantage step.
 
 Runs 1 and 2 use the sampler in stratified mode with P2's two-stage schedule (stage 1 = medium prompts, stage 2 from
 step 3 = half medium, half hard), the band-pass filter and the P2 hints on hard prompts (buckets are the synthetic
@@ -245,20 +245,39 @@ def test_resume_continues_at_step_3_with_sampler_state(first_run, workdir):
     print(f"[e2e] step-3 draw {step3} (fallback {run2[0]['fallback']}, skipped {run2[0]['skipped']}) reproduced")
 
 
+def _score_visual_entropy(workdir: Path) -> Path:
+    """Score the training rows with the ``visual_entropy`` scorer (in-process, the tiny model): the durian run's data."""
+    from verl_difficulty.scoring import ScoreJob, run_scoring
+
+    out = workdir / "scores_visual_entropy"
+    run_scoring(ScoreJob(inputs=[str(workdir / "data" / "train.parquet")], output_dir=str(out),
+                         model_path=str(workdir / "tiny_qwen25vl"), scorers={"visual_entropy": {}},
+                         num_workers=0, progress=False))
+    return out / "scored.parquet"
+
+
 def test_durian_runs_in_training_under_dapo(first_run, workdir):
     """durian under DAPO: verl's dynamic sampling (filter_groups), clip-higher, token-mean loss.
 
-    Groups are formed from what reaches the advantage step: DAPO has already dropped zero-variance groups.
+    All three branches are on: the perceptual one groups prompts by the ``visual_entropy`` column that the
+    ``visual_entropy`` scorer wrote (mirrored in ``extra_info``, which verl forwards). Groups are formed from what
+    reaches the advantage step: DAPO has already dropped zero-variance groups.
     """
+    import pyarrow.parquet as pq
+
+    scored = _score_visual_entropy(workdir)
+    entropy = [r["extra_info"]["visual_entropy"] for r in pq.read_table(scored).to_pylist()]
+    assert len(entropy) == 32 and all(math.isfinite(h) for h in entropy)
     records, *_ = _run(
         workdir,
         "run_durian_dapo",
         steps=1,
         extra=[
+            f"data.train_files={scored}",
             "algorithm.adv_estimator=durian",
-            "algorithm.difficulty.durian.alpha_percep=0.0",
-            "algorithm.difficulty.durian.alpha_ori=0.5",
-            "algorithm.difficulty.durian.alpha_reason=0.5",
+            "algorithm.difficulty.durian.alpha_ori=0.4",
+            "algorithm.difficulty.durian.alpha_percep=0.3",
+            "algorithm.difficulty.durian.alpha_reason=0.3",
             "algorithm.difficulty.durian.reason_groups=2",
             "algorithm.filter_groups.enable=true",
             "algorithm.filter_groups.metric=score",
@@ -271,9 +290,12 @@ def test_durian_runs_in_training_under_dapo(first_run, workdir):
     )
     d = [r["data"] for r in records if "actor/grad_norm" in r["data"]][-1]
     assert not _finite({"step": 1, "data": d})
-    # durian ran on the train batch's 4 prompts, split into its 2 reasoning (confidence) groups
+    # durian ran on the train batch's 4 prompts, split into its 2 reasoning (confidence) groups and its 3 perceptual
+    # (visual-entropy quartile) groups
     assert d["difficulty/durian/num_prompts"] == 4
     assert d["difficulty/durian/reason_prompts/g0"] + d["difficulty/durian/reason_prompts/g1"] == 4
+    assert d["difficulty/durian/percep_active"] == 1.0
+    assert sum(d[f"difficulty/durian/percep_prompts/g{k}"] for k in range(3)) == 4
     # DAPO filtered before the advantage step: no zero-variance group reached durian
     assert d["difficulty/durian/zero_variance_frac"] == 0.0
     assert d["actor/grad_norm"] > 0

@@ -1,7 +1,7 @@
 """Verifiers of the offline scorers: the plugin's rewards behind a small protocol, so tests can script correctness.
 
 :class:`RewardVerifier` grades with the same code as training (:func:`verl_difficulty.rewards.functions.score_response`
-through the process-wide :class:`~verl_difficulty.rewards.graders.SafeGrader`: grader subprocesses with a hard time
+through the process-wide :class:`~verl_difficulty.rewards.pool.SafeGrader`: grader subprocesses with a hard time
 limit, so hostile model output never hangs a scoring worker). A response is correct when the reward's ``acc`` is 1,
 well formatted when its ``format`` is 1 (the reward's format check, ``format_style``, whatever its weight in the
 reward): :meth:`RewardVerifier.grade` reports both (:class:`~verl_difficulty.scoring.context.Verdict`),
@@ -34,7 +34,7 @@ class RewardVerifier:
 
     Args:
         reward: ``r1v_acc`` | ``math_acc_format`` | ``perception``.
-        settings: :class:`verl_difficulty.rewards.functions.RewardSettings` keys (``timeout_s``, ``num_procs``,
+        settings: :class:`verl_difficulty.rewards.config.RewardSettings` keys (``timeout_s``, ``num_procs``,
             ``require_boxed``, ``iou_threshold`` ...).
     """
 

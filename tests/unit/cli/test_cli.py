@@ -146,7 +146,11 @@ def test_no_scorer_is_known_by_name_outside_its_module():
     names = re.compile(r"\b(passk|pism|cde)\b", re.IGNORECASE)
     hits = [(p.name, s) for p in files for s in _code_strings(p) if names.search(s)]
     assert not hits, hits
+    # the package's face may re-export a scorer's pure function (``verl_difficulty.scoring.visual_entropy``); the
+    # engine, runner, store, summary, registry and CLI modules import no scorer module
     for p in files:
+        if p.name == "__init__.py" and p.parent.name == "scoring":
+            continue
         imports = [n for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.ImportFrom)]
         assert not [n.module for n in imports if n.module and n.module.startswith("verl_difficulty.scoring.scorers")]
 

@@ -503,12 +503,12 @@ def test_dataloader_workers_are_rejected_with_a_clear_message():
 
 
 def test_seam_config_reads_the_sampler_section():
-    from verl_difficulty.seam.trainer import SeamConfig
+    from verl_difficulty.seam.config import read_difficulty_config
 
-    c = SeamConfig.from_config({"sampler": {"enable": True, "mode": "target", "band": {"enable": True}}})
+    c = read_difficulty_config({"difficulty": {"sampler": {"enable": True, "mode": "target", "band": {"enable": True}}}})
     assert c.sampler.mode == "target" and c.sampler.band.enable
     with pytest.raises(ValueError, match=r"unknown setting difficulty\.sampler\.modes"):
-        SeamConfig.from_config({"sampler": {"modes": "target"}})
+        read_difficulty_config({"difficulty": {"sampler": {"modes": "target"}}})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -653,13 +653,13 @@ def test_every_mode_is_selectable_from_the_recipe():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from verl_difficulty.seam.trainer import SeamConfig
+    from verl_difficulty.seam.config import read_difficulty_config
 
     with initialize_config_dir(config_dir=str(RECIPE_DIR), version_base=None):
         for name, overrides in RECIPE_MODES.items():
             cfg = compose("grpo_tiny_vl", overrides=overrides)
             section = OmegaConf.to_container(cfg.difficulty, resolve=True)
-            seam = SeamConfig.from_config(section)
+            seam = read_difficulty_config(cfg)
             assert seam.sampler.enable  # the smoke recipe turns the sampler on
             HintConfig.from_dict(section["hints"])
             s = DifficultySampler(np.arange(40), None, seam.sampler, buckets=_cycled(40), batch_size=4)
@@ -668,4 +668,4 @@ def test_every_mode_is_selectable_from_the_recipe():
             assert "difficulty/curriculum/stage" in s.metrics(), name
         bad = compose("grpo_tiny_vl", overrides=["+difficulty.sampler.band.lo=0.2"])  # hydra needs +; we still refuse
         with pytest.raises(ValueError, match=r"unknown setting difficulty\.sampler\.band\.lo;"):
-            SeamConfig.from_config(OmegaConf.to_container(bad.difficulty, resolve=True))
+            read_difficulty_config(bad)

@@ -170,3 +170,21 @@ def row_score(row: dict, name: str, default=None):
         return row[name]
     extra = row.get(EXTRA_INFO) or {}
     return extra.get(name, default)
+
+# --------------------------------------------------------------------------------------------------------------------
+# Selection outputs (``verl-difficulty select``; verl_difficulty/selection/): the decisions file and the rows it keeps
+# --------------------------------------------------------------------------------------------------------------------
+SELECTION_STAGE = "difficulty_stage"
+"""int: P2 training stage of a selected row (1 = moderate, 2 = moderate-to-hard); mirrored in extra_info."""
+SELECTION_KEPT = "kept"
+"""bool: decisions.parquet: whether the selection kept the row in ``train.parquet``."""
+SELECTION_REASON = "reason"
+"""str: decisions.parquet: why the row was kept or dropped (``kept``, ``easy``, ``below_band``, ``drm_added`` ...)."""
+SELECTION_BUCKET = "bucket"
+"""str or null: decisions.parquet: the bucket the selection read or assigned for the row."""
+SELECTION_STAGE_COLUMN = "stage"
+"""int or null: decisions.parquet: the row's training stage (P2), null where the method has none."""
+SELECTION_SUBSET = "subset"
+"""str or null: decisions.parquet: the comma-separated named subsets the row belongs to (P1 baselines, SFT/GRPO)."""
+SFT_MESSAGES = "messages"
+"""list of {role, content}: P1 SFT set: prompt plus target answer, the column verl's MultiTurnSFTDataset reads."""

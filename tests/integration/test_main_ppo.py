@@ -305,3 +305,29 @@ def test_durian_runs_in_training_under_dapo(first_run, workdir):
     print(f"[e2e] DAPO: {d['difficulty/sampler/prompts_drawn']:.0f} prompts generated, {dropped:.0f} dropped by verl")
     assert d["difficulty/sampler/prompts_drawn"] == 4 + dropped
     assert d["difficulty/sampler/prompts_updated"] == d["difficulty/sampler/prompts_drawn"]
+
+
+@pytest.mark.parametrize(
+    "name, overrides, message",
+    [
+        # durian's perceptual branch on rows without a visual_entropy column (the unscored synthetic data)
+        ("no_entropy", ["algorithm.adv_estimator=durian", "algorithm.difficulty.durian.alpha_percep=0.3"],
+         "needs a finite visual_entropy on every training row"),
+        # a misspelt plugin key (hydra needs the + for a new key; the plugin still refuses it)
+        ("typo", ["+difficulty.sampler.band.hgih=0.9"], "unknown setting difficulty.sampler.band.hgih"),
+        # an estimator parameter that overflows float32
+        ("overflow", ["algorithm.difficulty.weighting.beta=1000"], "algorithm.difficulty.weighting.beta"),
+    ],
+)
+def test_bad_plugin_settings_stop_the_run_before_any_rollout(workdir, name, overrides, message):
+    env = dict(os.environ, VERL_PLATFORM="cpu")
+    cmd = smoke_command(str(workdir), steps=1, extra=[
+        *overrides, "trainer.resume_mode=disable", f"trainer.default_local_dir={workdir / f'checkpoints_{name}'}"])
+    start = time.time()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=workdir)
+    wall = time.time() - start
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert message in out, out[-3000:]
+    assert "step:1" not in out and "Loading weights" not in out  # no worker loaded the model, nothing was trained
+    print(f"[e2e] {name}: stopped after {wall:.1f}s with: {message}")

@@ -189,6 +189,33 @@ def read_row_fields(dataset, config: SamplerConfig) -> RowFields:
     return got if got is not None else _read_fields_python(frame, config.bucket_key, config.score_keys)
 
 
+def read_float_field(dataset, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(prompt ids, values)`` of a numeric row field (flat column first, then ``extra_info[name]``) for every row of
+    a verl dataset (``.dataframe``) or a row list; NaN where a row has no value. Used for start-up checks of the
+    training data (e.g. durian's ``visual_entropy``)."""
+    frame = getattr(dataset, "dataframe", dataset)
+    located = _frame_table(frame)
+    if located is not None:
+        table, indices = located
+        try:
+            arr = _arrow_field(table, indices, name, flat=True)
+            ids = _arrow_field(table, indices, schema.PROMPT_ID, flat=False)
+        except TypeError:
+            arr = None
+        else:
+            n = len(frame)
+            values = np.full(n, np.nan) if arr is None else np.asarray(
+                arr.cast("float64").to_numpy(zero_copy_only=False), dtype=np.float64)
+            pids = np.full(n, -1, dtype=np.int64) if ids is None else np.asarray(
+                ids.fill_null(-1).cast("int64").to_numpy(zero_copy_only=False))
+            return pids, values
+    rows = frame.to_dict("records") if hasattr(frame, "to_dict") else [frame[i] for i in range(len(frame))]
+    values = np.array([np.nan if (v := schema.row_score(r, name)) is None else float(v) for r in rows], np.float64)
+    pids = np.array([int(schema.row_score(r, schema.PROMPT_ID, -1)) if isinstance(r.get(schema.EXTRA_INFO), dict)
+                     else -1 for r in rows], dtype=np.int64)
+    return pids, values
+
+
 def _fingerprint(ids: np.ndarray) -> str:
     return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
 

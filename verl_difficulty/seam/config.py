@@ -50,3 +50,50 @@ def read_difficulty_config(config: Any) -> DifficultyConfig:
     """Parse the ``difficulty`` section of a whole verl trainer config (a DictConfig or a mapping; absent = defaults)."""
     section = config.get(SECTION, None) if hasattr(config, "get") else None
     return parse(DifficultyConfig, section, SECTION)
+
+
+PLUGIN_ESTIMATORS = ("difficulty_weighted", "durian")
+
+
+def read_estimator_config(config: Any):
+    """Parse ``algorithm.difficulty`` at start-up (``AlgorithmDifficultyConfig``), so that a typo, a wrong type or an
+    overflowing parameter stops the run before any worker loads a model, not at the first advantage step. Returns
+    None when the run uses none of the plugin's estimators and has no ``algorithm.difficulty`` section."""
+    from verl_difficulty.estimators.config import AlgorithmDifficultyConfig
+
+    algorithm = config.get("algorithm", None) if hasattr(config, "get") else None
+    if algorithm is None:
+        return None
+    if algorithm.get("adv_estimator", None) not in PLUGIN_ESTIMATORS and algorithm.get("difficulty", None) is None:
+        return None
+    return AlgorithmDifficultyConfig.from_algorithm_config(algorithm)
+
+
+def check_training_rows(dataset: Any, adv_estimator: Any, estimators: Any) -> None:
+    """Checks of the training rows that would otherwise fail only after the first rollout.
+
+    ``durian`` with ``alpha_percep > 0`` (and ``on_missing_entropy=error``) needs a finite ``visual_entropy`` (flat
+    column or ``extra_info``) on every training row: the error names how many rows lack one, a few of their
+    ``extra_info.index`` values, and the command that writes the column.
+    """
+    import numpy as np
+
+    from verl_difficulty import schema
+    from verl_difficulty.sampling.rows import read_float_field
+
+    if adv_estimator != "durian" or estimators is None:
+        return
+    cfg = estimators.durian
+    if cfg.alpha_percep <= 0 or cfg.on_missing_entropy != "error":
+        return
+    pids, values = read_float_field(dataset, schema.VISUAL_ENTROPY)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        examples = ", ".join(str(int(p)) for p in pids[bad][:5])
+        raise ValueError(
+            f"algorithm.difficulty.durian.alpha_percep={cfg.alpha_percep} needs a finite {schema.VISUAL_ENTROPY} on "
+            f"every training row, but {int(bad.sum())} of {len(values)} rows have none (extra_info.index: "
+            f"{examples}{', ...' if bad.sum() > 5 else ''}). Score the data first: `verl-difficulty score "
+            f"TRAIN.parquet --model MODEL -o OUT --scorers visual_entropy` and train on OUT/scored.parquet, or set "
+            f"algorithm.difficulty.durian.alpha_percep=0 (on_missing_entropy=warn drops the branch per step instead)"
+        )

@@ -37,7 +37,12 @@ from omegaconf import DictConfig, open_dict
 
 from verl_difficulty import schema
 from verl_difficulty.sampling.sampler import DifficultySampler
-from verl_difficulty.seam.config import DifficultyConfig, read_difficulty_config
+from verl_difficulty.seam.config import (
+    DifficultyConfig,
+    check_training_rows,
+    read_difficulty_config,
+    read_estimator_config,
+)
 from verl_difficulty.seam.inputs import DEFAULT_CORRECT_THRESHOLD, response_verdicts, seam_inputs
 
 logger = logging.getLogger(__name__)
@@ -121,6 +126,7 @@ def register_trainer_mode() -> None:
                 config.trainer.v1.trainer_mode = "sync"
             # the whole plugin configuration, parsed once, before any Ray worker loads a model
             self.difficulty_config: DifficultyConfig = read_difficulty_config(config)
+            self.difficulty_estimators = read_estimator_config(config)
             self.difficulty_sampler: Optional[DifficultySampler] = None
             super().__init__(config)
 
@@ -134,6 +140,8 @@ def register_trainer_mode() -> None:
                 # verl's own dataset hook (rl_dataset.py get_dataset_class): build the datasets as hint datasets
                 install_hint_dataset(self.config.data)
             super()._init_dataloader()
+            check_training_rows(self.train_dataset, self.config.algorithm.get("adv_estimator", None),
+                                self.difficulty_estimators)
             scfg = self.difficulty_config.sampler
             if scfg.enable:
                 from torchdata.stateful_dataloader import StatefulDataLoader

@@ -67,3 +67,45 @@ def test_bad_keys_and_types_name_the_dotted_key(section, key):
     with pytest.raises(ConfigError) as err:
         read_difficulty_config({"difficulty": section})
     assert key in str(err.value)
+
+
+def _frame(rows):
+    import datasets
+
+    class _Dataset:
+        dataframe = datasets.Dataset.from_list(rows)
+
+    return _Dataset()
+
+
+def test_durian_perceptual_branch_checks_every_training_row_at_start_up():
+    from verl_difficulty.seam.config import check_training_rows, read_estimator_config
+
+    algo = {"algorithm": {"adv_estimator": "durian", "difficulty": {"durian": {"alpha_percep": 0.3}}}}
+    estimators = read_estimator_config(algo)
+    scored = [{"extra_info": {"index": i, "visual_entropy": 1.0 + i}} for i in range(4)]
+    check_training_rows(_frame(scored), "durian", estimators)  # every row has one: fine
+    flat = [{"visual_entropy": 2.0, "extra_info": {"index": i}} for i in range(3)]
+    check_training_rows(_frame(flat), "durian", estimators)  # the flat column counts too
+    partial = scored[:2] + [{"extra_info": {"index": 7, "visual_entropy": None}},
+                            {"extra_info": {"index": 9, "visual_entropy": float("nan")}}]
+    with pytest.raises(ValueError) as err:
+        check_training_rows(_frame(partial), "durian", estimators)
+    msg = str(err.value)
+    assert "2 of 4 rows" in msg and "7, 9" in msg and "--scorers visual_entropy" in msg
+    # the branch off, another estimator, or warn-and-drop: no requirement
+    off = read_estimator_config({"algorithm": {"adv_estimator": "durian", "difficulty": {"durian": {"alpha_percep": 0.0}}}})
+    check_training_rows(_frame(partial), "durian", off)
+    check_training_rows(_frame(partial), "grpo", estimators)
+
+
+def test_estimator_settings_are_parsed_at_start_up():
+    from verl_difficulty.seam.config import read_estimator_config
+
+    assert read_estimator_config({"algorithm": {"adv_estimator": "grpo"}}) is None
+    assert read_estimator_config({"algorithm": {"adv_estimator": "durian"}}).durian.alpha_percep == 0.3
+    with pytest.raises(ConfigError, match=r"algorithm\.difficulty\.duran"):
+        read_estimator_config({"algorithm": {"adv_estimator": "grpo", "difficulty": {"duran": {}}}})
+    with pytest.raises(ConfigError, match=r"algorithm\.difficulty\.weighting\.beta"):
+        read_estimator_config({"algorithm": {"adv_estimator": "difficulty_weighted",
+                                             "difficulty": {"weighting": {"beta": 1000.0}}}})

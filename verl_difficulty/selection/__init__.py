@@ -1,0 +1,49 @@
+"""Offline data selection from scored datasets (``verl-difficulty select {p1,p2,p4}``).
+
+One module per method, each registering a :class:`~verl_difficulty.selection.common.Selection`:
+
+* :mod:`.p1` (arXiv 2511.06722): PISM or CMAB buckets; GRPO on medium+hard, the same-size random, fullset and
+  unsolved baselines, and the SFT(one bucket) -> GRPO(another bucket) paradigm;
+* :mod:`.p2` (arXiv 2505.13261): the U-shape accuracy band and the two-stage split (stage 2 flagged for hints);
+* :mod:`.p4` (arXiv 2506.04755): CDE -> ACE -> DRM (paper) and the official selection script (reference_code).
+
+:mod:`.common` holds the registry and the shared readers, :mod:`.io` the inputs and the output folder (its docstring
+lists every file). :func:`run_selection` is the whole command from Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from verl_difficulty.config import ConfigError, parse
+from verl_difficulty.selection.common import get_selection, selection_classes
+
+__all__ = ["run_selection", "selection_classes", "get_selection", "parse_params"]
+
+
+def parse_params(method: str, values: dict) -> Any:
+    """The method's ``Params`` from a mapping (``ConfigError`` naming ``select.<method>.<param>``)."""
+    cls = get_selection(method)
+    params = parse(cls.Params, values, f"select.{method}")
+    if params.mode not in cls.modes:
+        raise ConfigError(f"select.{method}.mode: {method} implements {list(cls.modes)}, got {params.mode!r}")
+    return params
+
+
+def run_selection(method: str, inputs: list, outdir: str, params: Optional[dict] = None,
+                  overwrite: bool = False) -> dict:
+    """Select from the scored ``inputs`` into ``outdir``; returns the ``selection.json`` record."""
+    from verl_difficulty import __version__
+    from verl_difficulty.selection import io
+
+    p = parse_params(method, params or {})
+    plain = dataclasses.asdict(p)
+    table, info = io.read_inputs(list(inputs))
+    ids = io.row_ids(table)
+    record = {"method": method, "mode": p.mode, "params": plain, "inputs": info,
+              "fingerprint": io.fingerprint(method, p.mode, plain, info), "version": __version__}
+    outcome = get_selection(method)().select(table, ids, p)
+    created = io.prepare_outdir(outdir, record, overwrite, info)
+    record["created"] = created or io.now()
+    return io.write_selection(outdir, table, ids, outcome, record)

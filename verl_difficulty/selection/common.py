@@ -1,0 +1,199 @@
+"""What every selection shares: the registry, the common parameters, the per-row decision and the column readers.
+
+A selection is a :class:`Selection` subclass registered with :func:`register_selection` in its own module of this
+package (the registry imports every module of the package on first use, like the scorer registry). It declares:
+
+* ``name`` (the ``verl-difficulty select <name>`` subcommand) and ``title``;
+* ``Params``: a dataclass deriving from :class:`CommonParams` whose fields are declared with
+  :func:`verl_difficulty.config.setting` (the command line generates ``--<param>`` flags from it);
+* ``modes``: the modes it implements (``paper``, ``reference_code``);
+* ``select(table, ids, params) -> Outcome`` (``ids``: ``extra_info.index`` per row): one :class:`Decision` per
+  input row (input order) and the extra output tables (P1 subsets, P2 stages ...), plus notes for the summary.
+
+Input checks shared by all: :func:`values` reads a difficulty field (flat column first, else ``extra_info``) and a
+missing one is an error naming the scorer and the command that writes it (:func:`require`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import pkgutil
+from typing import Any, Optional
+
+from verl_difficulty import schema
+from verl_difficulty.config import ConfigError, setting
+
+MODES = ("paper", "reference_code")
+"""Where a paper's text and its released code disagree, a selection implements both as named modes."""
+
+SCORER_OF = {
+    schema.PASS_RATE: "passk", schema.PISM_LAMBDA: "pism", schema.PISM_BUCKET: "pism",
+    schema.CMAB_BUCKET: "cmab", schema.CMAB_RATIO: "cmab", schema.ACE_SCORE: "ace",
+    schema.CDE_ACC_IMG: "cde", schema.CDE_ACC_TXT: "cde", schema.CDE_D: "cde", schema.CDE_ROLLOUTS: "cde",
+    schema.CDE_IMG_CORRECT: "cde", schema.CDE_IMG_CORRECT_FORMATTED: "cde", schema.CDE_TXT_CORRECT_FORMATTED: "cde",
+}
+"""Which scorer of ``verl-difficulty score`` writes each field a selection reads (for the error messages)."""
+
+_SELECTIONS: dict[str, type] = {}
+_loaded = False
+
+
+@dataclasses.dataclass
+class CommonParams:
+    """Parameters of every selection."""
+
+    mode: str = setting("paper", choices=MODES, help="paper = the paper's text; reference_code = the official code "
+                        "where it differs (only where a method has released selection code)")
+    seed: int = setting(0, ge=0, help="seed of every random draw of the selection (same seed, same output)")
+
+    def check(self, where: str) -> None:  # overridden by methods with cross-field rules
+        return None
+
+
+@dataclasses.dataclass
+class Decision:
+    """The fate of one input row (one row of ``decisions.parquet``)."""
+
+    kept: bool
+    reason: str
+    bucket: Optional[str] = None
+    stage: Optional[int] = None
+    subsets: tuple = ()
+
+
+@dataclasses.dataclass
+class Output:
+    """An output table: the input rows at ``positions`` (in that order) plus ``columns`` (difficulty fields, name ->
+    one value per INPUT row, mirrored in ``extra_info``) and ``plain`` (name -> one value per output row, top-level
+    only, e.g. the SFT ``messages``)."""
+
+    path: str
+    positions: list
+    columns: dict = dataclasses.field(default_factory=dict)
+    plain: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a selection returns: a decision per input row, the extra output tables and summary notes.
+
+    ``columns``: difficulty fields to set on the written rows (name -> one value per input row), mirrored in
+    ``extra_info``; ``extra``: output name -> :class:`Output`.
+    """
+
+    decisions: list
+    columns: dict = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
+    notes: list = dataclasses.field(default_factory=list)
+
+
+class Selection:
+    """Base class of a registered selection (see the module docstring)."""
+
+    name: str = ""
+    title: str = ""
+    modes: tuple = ("paper",)
+    Params: type = CommonParams
+
+    def select(self, table: Any, ids: list, p: Any) -> Outcome:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def register_selection(cls: type) -> type:
+    """Class decorator: register a :class:`Selection` subclass under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, Selection)) or not cls.name:
+        raise TypeError(f"register_selection: {cls!r} is not a named Selection subclass")
+    if not issubclass(cls.Params, CommonParams):
+        raise TypeError(f"selection {cls.name}: Params must derive from CommonParams")
+    _SELECTIONS[cls.name] = cls
+    return cls
+
+
+def selection_classes() -> dict[str, type]:
+    """name -> class of every registered selection (the built-in modules of this package are imported first)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from verl_difficulty import selection as package
+
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.name not in ("common", "io"):
+                importlib.import_module(f"{package.__name__}.{info.name}")
+    return dict(_SELECTIONS)
+
+
+def get_selection(name: str) -> type:
+    classes = selection_classes()
+    if name not in classes:
+        raise ConfigError(f"unknown selection {name!r}; choose from {sorted(classes)}")
+    return classes[name]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading difficulty fields
+# --------------------------------------------------------------------------------------------------------------------
+def _extra_struct(table: Any):
+    import pyarrow as pa
+
+    if schema.EXTRA_INFO not in table.column_names:
+        return None
+    col = table.column(schema.EXTRA_INFO)
+    return col if pa.types.is_struct(col.type) else None
+
+
+def values(table: Any, name: str) -> Optional[list]:
+    """The values of difficulty field ``name`` per row (flat column first, else the ``extra_info`` child, else row by
+    row from a map/JSON ``extra_info``); None when the field is nowhere."""
+    if name in table.column_names:
+        return table.column(name).to_pylist()
+    struct = _extra_struct(table)
+    if struct is not None:
+        if struct.type.get_field_index(name) < 0:
+            return None
+        import pyarrow.compute as pc
+
+        return pc.struct_field(struct, name).to_pylist()
+    if schema.EXTRA_INFO not in table.column_names:
+        return None
+    rows = [schema.row_score({schema.EXTRA_INFO: e if isinstance(e, dict) else {}}, name)
+            for e in table.column(schema.EXTRA_INFO).to_pylist()]
+    return rows if any(v is not None for v in rows) else None
+
+
+def require(table: Any, name: str, method: str, why: str = "") -> list:
+    """:func:`values` of ``name``, or a ``ConfigError`` naming the scorer and the command that writes it."""
+    out = values(table, name)
+    if out is None:
+        scorer = SCORER_OF.get(name, "?")
+        raise ConfigError(f"{method} needs {name}{why}: the input lacks it; run `verl-difficulty score INPUT "
+                          f"--model MODEL -o OUT --scorers {scorer}` and select from OUT/scored.parquet")
+    return out
+
+
+def is_missing(v: Any) -> bool:
+    """None or NaN."""
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def provenance_params(table: Any, scorer: str) -> dict:
+    """The ``params`` a scorer recorded in the rows' ``difficulty_provenance`` (first row that has them; {} if none)."""
+    import json
+
+    prov = values(table, schema.SCORE_PROVENANCE) or []
+    for text in prov:
+        if not text:
+            continue
+        try:
+            entry = json.loads(text).get(scorer)
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(entry, dict):
+            return dict(entry.get("params") or {})
+    return {}
+
+
+def ranked(positions: list, key, ids: list) -> list:
+    """``positions`` sorted by ``key(position)`` (a tuple); ties broken by ``extra_info.index`` (``ids``)."""
+    return sorted(positions, key=lambda i: (*key(i), ids[i]))

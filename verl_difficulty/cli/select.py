@@ -13,7 +13,6 @@ import argparse
 import re
 import sys
 import typing
-from typing import Any
 
 from verl_difficulty.cli.score import _base_type, _help, _list_arg, _one_line
 from verl_difficulty.config import ConfigError, Setting, describe
@@ -36,20 +35,19 @@ def param_flag(name: str) -> str:
 
 def _add_setting(group, st: Setting) -> None:
     """The flag of one parameter; its value lands in ``args`` under ``param:<name>`` (None = not given)."""
-    tp, dest = _base_type(st.type), f"param:{st.name}"
-    if tp is bool:
-        on, off = param_flag(st.name), param_flag("no_" + st.name)
-        shown, hidden = (off, on) if st.default else (on, off)
-        group.add_argument(shown, dest=dest, action="store_const", const=not st.default, default=None, help=_help(st))
-        group.add_argument(hidden, dest=dest, action="store_const", const=bool(st.default), help=argparse.SUPPRESS)
+    tp, dest, flag = _base_type(st.type), f"param:{st.name}", param_flag(st.name)
+    if tp is bool:  # the flag that changes the default is shown, its opposite accepted
+        for name, value in ((flag, True), (param_flag("no_" + st.name), False)):
+            group.add_argument(name, dest=dest, action="store_const", const=value, default=None,
+                               help=_help(st, f"turn {st.name} off: " if st.default else "")
+                               if value != bool(st.default) else argparse.SUPPRESS)
         return
-    kw: dict[str, Any] = {"dest": dest, "default": None, "help": _help(st)}
-    if typing.get_origin(tp) in (list, tuple):
-        item = (typing.get_args(tp) or (str,))[0]
-        kw.update(type=_list_arg(item), metavar=f"{item.__name__.upper()},...")
-    elif tp in (int, float, str):
-        kw.update(type=tp, choices=st.choices, metavar=None if st.choices else {int: "N", float: "X", str: "S"}[tp])
-    group.add_argument(param_flag(st.name), **kw)
+    listed = typing.get_origin(tp) in (list, tuple)
+    item = (typing.get_args(tp) or (str,))[0] if listed else tp
+    metavar = f"{item.__name__.upper()},..." if listed else None if st.choices else \
+        {int: "N", float: "X"}.get(tp, "S")
+    group.add_argument(flag, dest=dest, default=None, type=_list_arg(item) if listed else tp,
+                       choices=None if listed else st.choices, metavar=metavar, help=_help(st))
 
 
 def add_parser(sub) -> None:
@@ -61,16 +59,15 @@ def add_parser(sub) -> None:
                        "paper's method; writes train.parquet, decisions.parquet and selection.json.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     methods = p.add_subparsers(dest="method", required=True, metavar="{" + ",".join(classes) + "}")
-    for name, cls in classes.items():
-        m = methods.add_parser(name, help=cls.title, description=(cls.__module__ and sys.modules[cls.__module__]
-                                                                  .__doc__ or cls.title),
+    for name, sel in classes.items():
+        m = methods.add_parser(name, help=sel.title, description=sys.modules[sel.module].__doc__ or sel.title,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         m.add_argument("inputs", nargs="+", metavar="SCORED", help="scored parquet files or directories of them")
         m.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="the selection folder")
         m.add_argument("--overwrite", action="store_true", help="replace a different selection already in OUTDIR")
         m.add_argument("--debug", action="store_true", help="show the traceback of an error")
         g = m.add_argument_group(f"{name} options")
-        for st in describe(cls.Params):
+        for st in describe(sel.Params):
             if st.cli:
                 _add_setting(g, st)
     p.set_defaults(fn=run)

@@ -290,9 +290,9 @@ def pism_lambda_section(ctx: ReportContext) -> SectionOutput:
     ax.set_title("PISM: failure point λ* per row and the P1 buckets", fontsize=11)
     P.legend_outside(ax)
     tab = _count_table(buckets_all, P.bucket_order(["easy", "medium", "hard", "unsolved"]))
-    return SectionOutput("P1 PISM: failure point lambda*", tab, [Figure("pism_lambda", P.png(fig),
-                         f"Buckets: unsolved if lambda* = 0, hard if lambda* <= {st['hard_max']:g}, medium below "
-                         f"{st['medium_max']:g}, easy from {st['medium_max']:g} or never failing.")])
+    return SectionOutput("P1 PISM: failure point λ*", tab, [Figure("pism_lambda", P.png(fig),
+                         f"Buckets: unsolved if λ* = 0, hard if λ* ≤ {st['hard_max']:g}, medium below "
+                         f"{st['medium_max']:g}, easy from {st['medium_max']:g} on or never failing.")])
 
 
 # ---------------------------------------------------------------------------------------------------------------------

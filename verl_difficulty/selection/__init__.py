@@ -1,6 +1,7 @@
 """Offline data selection from scored datasets (``verl-difficulty select {p1,p2,p4}``).
 
-One module per method, each registering a :class:`~verl_difficulty.selection.common.Selection`:
+One module per method, each registering its selection function
+(:func:`~verl_difficulty.selection.common.register_selection`):
 
 * :mod:`.p1` (arXiv 2511.06722): PISM or CMAB buckets; GRPO on medium+hard, the same-size random, fullset and
   unsolved baselines, and the SFT(one bucket) -> GRPO(another bucket) paradigm;
@@ -43,7 +44,7 @@ def run_selection(method: str, inputs: list, outdir: str, params: Optional[dict]
     ids = io.row_ids(table)
     record = {"method": method, "mode": p.mode, "params": plain, "inputs": info,
               "fingerprint": io.fingerprint(method, p.mode, plain, info), "version": __version__}
-    outcome = get_selection(method)().select(table, ids, p)
+    outcome = get_selection(method).select(table, ids, p)
     created = io.prepare_outdir(outdir, record, overwrite, info)
     record["created"] = created or io.now()
     return io.write_selection(outdir, table, ids, outcome, record)

@@ -1,14 +1,15 @@
 """What every selection shares: the registry, the common parameters, the per-row decision and the column readers.
 
-A selection is a :class:`Selection` subclass registered with :func:`register_selection` in its own module of this
-package (the registry imports every module of the package on first use, like the scorer registry). It declares:
+A selection is a function registered with :func:`register_selection` in its own module of this package (the
+registry imports every module of the package on first use, like the scorer registry), with:
 
 * ``name`` (the ``verl-difficulty select <name>`` subcommand) and ``title``;
-* ``Params``: a dataclass deriving from :class:`CommonParams` whose fields are declared with
+* ``params``: a dataclass deriving from :class:`CommonParams` whose fields are declared with
   :func:`verl_difficulty.config.setting` (the command line generates ``--<param>`` flags from it);
 * ``modes``: the modes it implements (``paper``, ``reference_code``);
-* ``select(table, ids, params) -> Outcome`` (``ids``: ``extra_info.index`` per row): one :class:`Decision` per
-  input row (input order) and the extra output tables (P1 subsets, P2 stages ...), plus notes for the summary.
+* the function ``select(table, ids, params) -> Outcome`` (``ids``: ``extra_info.index`` per row): one
+  :class:`Decision` per input row (input order) and the extra output tables (P1 subsets, P2 stages ...), plus notes
+  for the summary.
 
 Input checks shared by all: :func:`values` reads a difficulty field (flat column first, else ``extra_info``) and a
 missing one is an error naming the scorer and the command that writes it (:func:`require`).
@@ -20,7 +21,7 @@ import dataclasses
 import importlib
 import math
 import pkgutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from verl_difficulty import schema
 from verl_difficulty.config import ConfigError, setting
@@ -33,6 +34,7 @@ SCORER_OF = {
     schema.CMAB_BUCKET: "cmab", schema.CMAB_RATIO: "cmab", schema.ACE_SCORE: "ace",
     schema.CDE_ACC_IMG: "cde", schema.CDE_ACC_TXT: "cde", schema.CDE_D: "cde", schema.CDE_ROLLOUTS: "cde",
     schema.CDE_IMG_CORRECT: "cde", schema.CDE_IMG_CORRECT_FORMATTED: "cde", schema.CDE_TXT_CORRECT_FORMATTED: "cde",
+    schema.CDE_TXT_CORRECT: "cde",
 }
 """Which scorer of ``verl-difficulty score`` writes each field a selection reads (for the error messages)."""
 
@@ -89,30 +91,35 @@ class Outcome:
     notes: list = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
 class Selection:
-    """Base class of a registered selection (see the module docstring)."""
+    """A registered selection: its name, title, parameter dataclass, modes and ``select(table, ids, p)``."""
 
-    name: str = ""
-    title: str = ""
-    modes: tuple = ("paper",)
-    Params: type = CommonParams
-
-    def select(self, table: Any, ids: list, p: Any) -> Outcome:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-
-def register_selection(cls: type) -> type:
-    """Class decorator: register a :class:`Selection` subclass under ``cls.name``."""
-    if not (isinstance(cls, type) and issubclass(cls, Selection)) or not cls.name:
-        raise TypeError(f"register_selection: {cls!r} is not a named Selection subclass")
-    if not issubclass(cls.Params, CommonParams):
-        raise TypeError(f"selection {cls.name}: Params must derive from CommonParams")
-    _SELECTIONS[cls.name] = cls
-    return cls
+    name: str
+    title: str
+    Params: type
+    modes: tuple
+    select: Callable[[Any, list, Any], Outcome]
+    module: str
 
 
-def selection_classes() -> dict[str, type]:
-    """name -> class of every registered selection (the built-in modules of this package are imported first)."""
+def register_selection(name: str, params: type, title: str, modes: tuple = ("paper",)):
+    """Function decorator: register ``select(table, ids, p) -> Outcome`` as the selection ``name`` (its options:
+    ``params``, a :class:`CommonParams` subclass; ``modes``: the modes it implements)."""
+    if not (isinstance(params, type) and issubclass(params, CommonParams)):
+        raise TypeError(f"selection {name}: params must derive from CommonParams")
+    if not set(modes) <= set(MODES):
+        raise ValueError(f"selection {name}: modes must be among {MODES}, got {modes}")
+
+    def register(fn: Callable) -> Callable:
+        _SELECTIONS[name] = Selection(name, title, params, tuple(modes), fn, fn.__module__)
+        return fn
+
+    return register
+
+
+def selection_classes() -> dict[str, Selection]:
+    """name -> every registered selection (the built-in modules of this package are imported first)."""
     global _loaded
     if not _loaded:
         _loaded = True
@@ -124,7 +131,7 @@ def selection_classes() -> dict[str, type]:
     return dict(_SELECTIONS)
 
 
-def get_selection(name: str) -> type:
+def get_selection(name: str) -> Selection:
     classes = selection_classes()
     if name not in classes:
         raise ConfigError(f"unknown selection {name!r}; choose from {sorted(classes)}")
@@ -143,10 +150,10 @@ def _extra_struct(table: Any):
     return col if pa.types.is_struct(col.type) else None
 
 
-def values(table: Any, name: str) -> Optional[list]:
-    """The values of difficulty field ``name`` per row (flat column first, else the ``extra_info`` child, else row by
-    row from a map/JSON ``extra_info``); None when the field is nowhere."""
-    if name in table.column_names:
+def values(table: Any, name: str, flat: bool = True) -> Optional[list]:
+    """The values of difficulty field ``name`` per row (flat column first unless ``flat=False``, else the
+    ``extra_info`` child, else row by row from a map ``extra_info``); None when the field is nowhere."""
+    if flat and name in table.column_names:
         return table.column(name).to_pylist()
     struct = _extra_struct(table)
     if struct is not None:

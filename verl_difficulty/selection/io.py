@@ -86,7 +86,7 @@ def read_inputs(paths: list) -> tuple[Any, list[dict]]:
 
 def row_ids(table: Any) -> list[int]:
     """``extra_info.index`` of every row as int; rows without a stable int id or with a duplicate id are refused."""
-    raw = values(table, schema.PROMPT_ID)
+    raw = values(table, schema.PROMPT_ID, flat=False)  # a top-level 'index' column is not the id
     if raw is None:
         raw = [None] * table.num_rows
     bad = [i for i, v in enumerate(raw) if v is None or isinstance(v, bool) or not isinstance(v, int)]

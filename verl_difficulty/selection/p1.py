@@ -42,7 +42,7 @@ from typing import Any, Optional
 from verl_difficulty import schema
 from verl_difficulty.config import ConfigError, setting
 from verl_difficulty.data.rows import GROUND_TRUTH, PROMPT, REWARD_MODEL, as_list
-from verl_difficulty.selection.common import (CommonParams, Decision, Outcome, Output, Selection, is_missing,
+from verl_difficulty.selection.common import (CommonParams, Decision, Outcome, Output, is_missing,
                                               provenance_params, register_selection, require)
 
 BASELINES = ("random", "fullset", "unsolved")
@@ -114,46 +114,42 @@ def sft_messages(table: Any, positions: list, p: P1Params) -> list:
             + [{"role": "assistant", "content": r}] for i, r in zip(positions, responses)]
 
 
-@register_selection
-class P1Selection(Selection):
-    name = "p1"
-    title = "P1 PISM/CMAB buckets: GRPO on medium+hard, baselines, SFT -> GRPO (arXiv 2511.06722)"
-    Params = P1Params
-
-    def select(self, table: Any, ids: list, p: P1Params) -> Outcome:
-        b = buckets(table, p)
-        n = len(b)
-        members: dict[str, list] = {"train": [i for i in range(n) if b[i] in p.train_buckets]}
-        if "random" in p.baselines:
-            k = len(members["train"])
-            members["random"] = sorted(random.Random(p.seed).sample(range(n), k))
-        if "fullset" in p.baselines:
-            members["fullset"] = list(range(n))
-        if "unsolved" in p.baselines:
-            members["unsolved"] = [i for i in range(n) if b[i] == "unsolved"]
-        if p.sft_buckets:
-            members["sft"] = [i for i in range(n) if b[i] in p.sft_buckets]
-        if p.grpo_buckets:
-            members["grpo"] = [i for i in range(n) if b[i] in p.grpo_buckets]
-        subsets: list[list] = [[] for _ in range(n)]
-        for name, rows in members.items():
-            for i in rows:
-                subsets[i].append(name)
-        train = set(members["train"])
-        decisions = [Decision(kept=i in train, reason="kept" if i in train else (b[i] or "no_bucket"), bucket=b[i],
-                              subsets=tuple(subsets[i])) for i in range(n)]
-        extra = {name: Output(f"subsets/{name}.parquet", rows) for name, rows in members.items()
-                 if name in BASELINES}
-        if "grpo" in members:
-            extra["grpo"] = Output("grpo.parquet", members["grpo"])
-        if "sft" in members:
-            extra["sft"] = Output("sft.parquet", members["sft"],
-                                  plain={schema.SFT_MESSAGES: sft_messages(table, members["sft"], p)})
-        notes = [f"bucket source {p.bucket_source}" + (f", lambda*=0.7 as in the paper's {p.lambda_boundary}"
-                                                       if p.bucket_source == "pism" else "")]
-        if len(members["train"]) == 0:
-            notes.append(f"no row is in {p.train_buckets}: train.parquet is empty")
-        return Outcome(decisions, columns={schema.DIFFICULTY_BUCKET: b}, extra=extra, notes=notes)
+@register_selection("p1", P1Params, "P1 PISM/CMAB buckets: GRPO on medium+hard, baselines, SFT -> GRPO "
+                    "(arXiv 2511.06722)")
+def select_p1(table: Any, ids: list, p: P1Params) -> Outcome:
+    b = buckets(table, p)
+    n = len(b)
+    members: dict[str, list] = {"train": [i for i in range(n) if b[i] in p.train_buckets]}
+    if "random" in p.baselines:
+        k = len(members["train"])
+        members["random"] = sorted(random.Random(p.seed).sample(range(n), k))
+    if "fullset" in p.baselines:
+        members["fullset"] = list(range(n))
+    if "unsolved" in p.baselines:
+        members["unsolved"] = [i for i in range(n) if b[i] == "unsolved"]
+    if p.sft_buckets:
+        members["sft"] = [i for i in range(n) if b[i] in p.sft_buckets]
+    if p.grpo_buckets:
+        members["grpo"] = [i for i in range(n) if b[i] in p.grpo_buckets]
+    subsets: list[list] = [[] for _ in range(n)]
+    for name, rows in members.items():
+        for i in rows:
+            subsets[i].append(name)
+    train = set(members["train"])
+    decisions = [Decision(kept=i in train, reason="kept" if i in train else (b[i] or "no_bucket"), bucket=b[i],
+                          subsets=tuple(subsets[i])) for i in range(n)]
+    extra = {name: Output(f"subsets/{name}.parquet", rows) for name, rows in members.items()
+             if name in BASELINES}
+    if "grpo" in members:
+        extra["grpo"] = Output("grpo.parquet", members["grpo"])
+    if "sft" in members:
+        extra["sft"] = Output("sft.parquet", members["sft"],
+                              plain={schema.SFT_MESSAGES: sft_messages(table, members["sft"], p)})
+    notes = [f"bucket source {p.bucket_source}" + (f", lambda*=0.7 as in the paper's {p.lambda_boundary}"
+                                                   if p.bucket_source == "pism" else "")]
+    if len(members["train"]) == 0:
+        notes.append(f"no row is in {p.train_buckets}: train.parquet is empty")
+    return Outcome(decisions, columns={schema.DIFFICULTY_BUCKET: b}, extra=extra, notes=notes)
 
 
-__all__ = ["P1Params", "P1Selection", "bucket_of", "buckets", "sft_messages"]
+__all__ = ["P1Params", "select_p1", "bucket_of", "buckets", "sft_messages"]

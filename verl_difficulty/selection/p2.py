@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 from verl_difficulty import schema
 from verl_difficulty.config import ConfigError, setting
-from verl_difficulty.selection.common import (CommonParams, Decision, Outcome, Output, Selection, is_missing, ranked,
+from verl_difficulty.selection.common import (CommonParams, Decision, Outcome, Output, is_missing, ranked,
                                               register_selection, require)
 
 STAGE_BUCKETS = {1: "medium", 2: "hard"}
@@ -74,36 +74,31 @@ def split_stages(acc: list, band: list, ids: list, p: P2Params) -> dict:
     return {**{i: 2 for i in order[:n2]}, **{i: 1 for i in order[n2:n2 + n1]}}
 
 
-@register_selection
-class P2Selection(Selection):
-    name = "p2"
-    title = "P2 U-shape band on pass@k accuracy and two stages (arXiv 2505.13261)"
-    Params = P2Params
-
-    def select(self, table: Any, ids: list, p: P2Params) -> Outcome:
-        acc = require(table, schema.PASS_RATE, "p2", " (pass@k accuracy)")
-        reason = {}
-        for i, a in enumerate(acc):
-            if is_missing(a):
-                reason[i] = "no_score"
-            elif a < p.low:
-                reason[i] = "below_band"
-            elif a > p.high:
-                reason[i] = "above_band"
-        band = [i for i in range(len(acc)) if i not in reason]
-        stage = split_stages(acc, band, ids, p)
-        decisions = []
-        for i in range(len(acc)):
-            s = stage.get(i)
-            r = reason.get(i) or ("kept" if s else "beyond_stage_sizes")
-            decisions.append(Decision(kept=s is not None, reason=r, bucket=STAGE_BUCKETS.get(s), stage=s))
-        columns = {
-            schema.SELECTION_STAGE: [stage.get(i) for i in range(len(acc))],
-            schema.DIFFICULTY_BUCKET: [STAGE_BUCKETS.get(stage.get(i)) for i in range(len(acc))],
-            schema.HARD_HINT: [stage.get(i) == 2 if i in stage else None for i in range(len(acc))],
-        }
-        extra = {f"stage{s}": Output(f"stage{s}.parquet", [i for i in range(len(acc)) if stage.get(i) == s])
-                 for s in (1, 2)}
-        notes = [f"band [{p.low}, {p.high}] keeps {len(band)} rows; stage 1 = {sum(v == 1 for v in stage.values())}, "
-                 f"stage 2 = {sum(v == 2 for v in stage.values())}"]
-        return Outcome(decisions, columns=columns, extra=extra, notes=notes)
+@register_selection("p2", P2Params, "P2 U-shape band on pass@k accuracy and two stages (arXiv 2505.13261)")
+def select_p2(table: Any, ids: list, p: P2Params) -> Outcome:
+    acc = require(table, schema.PASS_RATE, "p2", " (pass@k accuracy)")
+    reason = {}
+    for i, a in enumerate(acc):
+        if is_missing(a):
+            reason[i] = "no_score"
+        elif a < p.low:
+            reason[i] = "below_band"
+        elif a > p.high:
+            reason[i] = "above_band"
+    band = [i for i in range(len(acc)) if i not in reason]
+    stage = split_stages(acc, band, ids, p)
+    decisions = []
+    for i in range(len(acc)):
+        s = stage.get(i)
+        r = reason.get(i) or ("kept" if s else "beyond_stage_sizes")
+        decisions.append(Decision(kept=s is not None, reason=r, bucket=STAGE_BUCKETS.get(s), stage=s))
+    columns = {
+        schema.SELECTION_STAGE: [stage.get(i) for i in range(len(acc))],
+        schema.DIFFICULTY_BUCKET: [STAGE_BUCKETS.get(stage.get(i)) for i in range(len(acc))],
+        schema.HARD_HINT: [stage.get(i) == 2 if i in stage else None for i in range(len(acc))],
+    }
+    extra = {f"stage{s}": Output(f"stage{s}.parquet", [i for i in range(len(acc)) if stage.get(i) == s])
+             for s in (1, 2)}
+    notes = [f"band [{p.low}, {p.high}] keeps {len(band)} rows; stage 1 = {sum(v == 1 for v in stage.values())}, "
+             f"stage 2 = {sum(v == 2 for v in stage.values())}"]
+    return Outcome(decisions, columns=columns, extra=extra, notes=notes)

@@ -49,7 +49,7 @@ import numpy as np
 
 from verl_difficulty import schema
 from verl_difficulty.config import setting
-from verl_difficulty.selection.common import (CommonParams, Decision, Outcome, Selection, is_missing,
+from verl_difficulty.selection.common import (CommonParams, Decision, Outcome, is_missing,
                                               provenance_params, ranked, register_selection, require, values)
 
 REFERENCE_SEED = 42
@@ -148,12 +148,7 @@ def reference_code(table: Any, ids: list, p: P4Params) -> Outcome:
     return Outcome(decisions, notes=notes)
 
 
-@register_selection
-class P4Selection(Selection):
-    name = "p4"
-    title = "P4 RAP: CDE -> ACE -> DRM, or the official selection script (arXiv 2506.04755)"
-    modes = ("paper", "reference_code")
-    Params = P4Params
-
-    def select(self, table: Any, ids: list, p: P4Params) -> Outcome:
-        return paper(table, ids, p) if p.mode == "paper" else reference_code(table, ids, p)
+@register_selection("p4", P4Params, "P4 RAP: CDE -> ACE -> DRM, or the official selection script (arXiv "
+                    "2506.04755)", modes=("paper", "reference_code"))
+def select_p4(table: Any, ids: list, p: P4Params) -> Outcome:
+    return paper(table, ids, p) if p.mode == "paper" else reference_code(table, ids, p)

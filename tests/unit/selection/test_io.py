@@ -65,6 +65,11 @@ def test_rows_without_stable_index_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"2 extra_info.index values occur more than once"):
         run_selection("p2", [str(tmp_path / "b.parquet")], str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+    # a top-level "index" column is not the id: extra_info.index is
+    rows = [{"index": 7, schema.EXTRA_INFO: {schema.PROMPT_ID: i}, schema.PASS_RATE: 0.5} for i in (3, 4)]
+    write_parquet(str(tmp_path / "c.parquet"), pa.Table.from_pylist(rows))
+    run_selection("p2", [str(tmp_path / "c.parquet")], str(tmp_path / "c"))
+    assert pq.read_table(tmp_path / "c" / "decisions.parquet").column("index").to_pylist() == [3, 4]
 
 
 def test_several_inputs_and_a_directory(scored, tmp_path, read_json):
@@ -75,7 +80,8 @@ def test_several_inputs_and_a_directory(scored, tmp_path, read_json):
     b = scored({schema.PASS_RATE: [0.5, 0.05]}, name="b.parquet", table=second)
     rec = run_selection("p2", [a, b], str(tmp_path / "o"))
     d = pq.read_table(tmp_path / "o" / "decisions.parquet")
-    assert d.column("index").to_pylist() == [0, 1, 10, 11] and d.column("kept").to_pylist() == [True, False, True, False]
+    assert d.column("index").to_pylist() == [0, 1, 10, 11]
+    assert d.column("kept").to_pylist() == [True, False, True, False]
     assert [i["rows"] for i in rec["inputs"]] == [2, 2] and all(len(i["sha256"]) == 64 for i in rec["inputs"])
     assert rec["counts"]["by_reason"] == {"above_band": 1, "below_band": 1, "kept": 2}
     rec2 = run_selection("p2", [os.path.dirname(a)], str(tmp_path / "dir"))

@@ -179,6 +179,8 @@ class AliveAttention:
 
     def _hook(self, module, args, output):
         w = output[1]
+        if w is None:  # a layer whose attention no callback reads computes none
+            return
         self.alive += w.nbytes
         self.peak = max(self.peak, self.alive)
         weakref.finalize(w, self._freed, w.nbytes)

@@ -5,17 +5,23 @@ inside its decoder layers for a known sequence: the prompt (with its images, Qwe
 sampled earlier. :class:`HFForward` runs that pass batched (left padding, as :class:`~.generation.HFGenerator`) and
 calls ``on_layer(capture)`` once per decoder layer, with
 
-* ``capture.attentions``: that layer's attention weights ``(B, heads, T, T)`` (softmax probabilities; padded keys get
-  weight 0). Attention weights exist only with ``attn_implementation="eager"`` (SDPA / flash attention never
-  materialise them): load the model that way only when a scorer reads attention (``load_generation_model(...,
-  attn_implementation="eager")``); otherwise the pass raises a ValueError saying so;
+* ``capture.attentions``: that layer's attention weights (softmax probabilities; padded keys get weight 0), by
+  default all of them, ``(B, heads, T, T)``. Attention weights exist only with ``attn_implementation="eager"`` or
+  :data:`ROW_ATTENTION` (SDPA / flash attention never materialise them); otherwise the pass raises a ValueError saying
+  so. A callback that reads only some query rows or some layers declares it with :func:`reads_attention`; the pass
+  then runs :data:`ROW_ATTENTION` (an eager model is switched to it for the pass): every layer's output is computed
+  with torch SDPA, and only the declared layers also compute the probabilities of the declared query rows,
+  ``softmax(q_rows k^T * scale + mask_rows)`` exactly as eager attention does (GQA keys repeated, the same causal /
+  padding mask). ``capture.attentions`` is then the block ``(B, heads, T - q0, T)`` of the query positions ``q0 ..
+  T - 1``, ``q0 = capture.query_offset`` (responses end every row of a left-padded batch, so the response rows are
+  the last ones), and None in the layers not declared;
 * ``capture.hidden_states``: that layer's output hidden states ``(B, T, D)``; with ``hidden_states=True`` the callback
   is also called first with ``layer == -1`` and the decoder's input embeddings, where the image-token positions hold
   the vision tower's merged features.
 
 The weights are read by forward hooks on the attention modules while the model runs, so if ``on_layer`` reduces them
-(and keeps no reference), at most one layer's attention tensor exists at a time, unlike ``output_attentions=True``,
-which keeps all of them. The pass runs the base model (no LM head: no ``(B, T, vocab)`` logits).
+(and keeps no reference), at most one layer's attention tensor (with :func:`reads_attention`: one layer's block of
+the declared rows) exists at a time, unlike ``output_attentions=True``, which keeps all of them. The pass runs the base model (no LM head: no ``(B, T, vocab)`` logits).
 
 ``on_layer`` returns one value per row of the batch (e.g. a float); :meth:`HFForward.forward` returns, per request, the
 list of its values over the layers in call order. :class:`ForwardBatch` (``capture.batch``) says where each row's
@@ -29,7 +35,8 @@ once, so a hook costs a few batched tensor operations and keeps only ``(B, T, ma
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 
@@ -74,9 +81,112 @@ class LayerCapture:
     hidden_states: Optional[torch.Tensor] = None
     num_layers: int = 0
     """The number of decoder layers L of the model (``layer`` runs 0..L-1)."""
+    query_offset: int = 0
+    """The query position of the first row of ``attentions`` / ``key_mass`` (0 unless the callback declared fewer
+    rows)."""
+    key_mass: Optional[torch.Tensor] = None
+    """With key weights declared (:func:`reads_attention` ``keys``): ``(B, heads, T - query_offset, M)`` float32, the
+    attention probabilities of the declared rows times the key weights (``attentions @ keys`` per head), computed
+    inside the attention function (the probabilities never leave it); ``attentions`` is then None."""
 
 
 OnLayer = Callable[[LayerCapture], Sequence[Any]]
+
+ATTENTION_ROWS = ("all", "response", "generating")
+"""Query rows a callback can declare (:func:`reads_attention`): every position; the response positions (the rows
+from the first response position of the batch on); the same plus one position earlier (the row that generated each
+response token)."""
+
+ROW_ATTENTION = "sdpa_rows"
+"""The attention implementation (registered with transformers' ``AttentionInterface``) that computes the layer output
+with torch SDPA and, for the layers a callback reads, the probabilities of the declared query rows only."""
+
+_ROWS_ATTR = "_vd_attention_rows"
+"""Attribute set on an attention module for one pass: the first query position whose probabilities it returns."""
+
+
+def reads_attention(rows: str = "all", layers: Union[None, Iterable[int], Callable[[int], Iterable[int]]] = None,
+                    keys: Optional[Callable[["ForwardBatch"], torch.Tensor]] = None):
+    """Declare what an ``on_layer`` callback reads of the attention weights (a decorator; returns the callback).
+
+    ``rows``: one of :data:`ATTENTION_ROWS`; ``layers``: the layer indices read (negative: from the end), or a function
+    of the depth L giving them; None = every layer. Undeclared layers pass ``capture.attentions = None`` and compute no
+    attention probabilities. ``keys``: a function of the batch giving ``(B, T, M)`` key weights: the callback then
+    gets only ``capture.key_mass`` (the probabilities times these weights, per head) instead of the probabilities.
+    The declaration travels with the callback through any scoring backend."""
+    if rows not in ATTENTION_ROWS:
+        raise ValueError(f"attention rows must be one of {ATTENTION_ROWS}, got {rows!r}")
+
+    def wrap(fn):
+        fn.attention_rows, fn.attention_layers, fn.attention_keys = rows, layers, keys
+        return fn
+
+    return wrap
+
+
+def _declared_layers(layers, num_layers: int) -> set[int]:
+    if layers is None:
+        return set(range(num_layers))
+    got = layers(num_layers) if callable(layers) else layers
+    return {int(i) % num_layers for i in got if -num_layers <= int(i) < num_layers}
+
+
+def row_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
+                          scaling: Optional[float] = None, **kwargs):
+    """The :data:`ROW_ATTENTION` function: the output by SDPA (``transformers``' sdpa attention, unchanged), and for a
+    module marked for this pass also the probabilities of the query rows q0..Q-1, computed as eager attention does
+    (keys repeated for GQA, ``q k^T * scale + mask``, float32 softmax, cast to the query dtype); else None."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                    **kwargs)
+    plan = getattr(module, _ROWS_ATTR, None)
+    if plan is None:
+        return out, None
+    q0, weights_of_keys = plan
+    q0 = max(0, min(int(q0), query.shape[2]))
+    keys = repeat_kv(key, getattr(module, "num_key_value_groups", 1))
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    weights = torch.matmul(query[:, :, q0:], keys.transpose(2, 3)).mul_(scale)  # eager's operations, in place
+    if attention_mask is not None:
+        weights.add_(attention_mask[:, :, q0:, : keys.shape[-2]])
+    probs = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    if weights_of_keys is not None:  # per head: probabilities @ key weights (float32), the probabilities dropped here
+        w = weights_of_keys.to(device=query.device, dtype=torch.float32)[:, None]
+        return out, torch.matmul(probs.float(), w)
+    return out, probs
+
+
+def register_row_attention() -> None:
+    """Register :data:`ROW_ATTENTION` (attention function and its mask: eager's additive float mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(ROW_ATTENTION, row_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ROW_ATTENTION, eager_mask)
+
+
+register_row_attention()
+
+
+@contextmanager
+def _attention_implementation(model, layers: torch.nn.ModuleList, name: str):
+    """Switch the attention implementation of the decoder (its text config) and of the vision tower, if any, to
+    ``name`` for one pass (the vision tower's attention is never read: SDPA there)."""
+    base = getattr(model, "model", model)
+    vision = getattr(getattr(base, "visual", None), "config", None)
+    found = [layer.self_attn.config for layer in layers] + ([vision] if vision is not None else [])
+    configs = list({id(c): c for c in found}.values())
+    before = [c._attn_implementation for c in configs]
+    try:
+        for c in configs:
+            c._attn_implementation = name
+        yield
+    finally:
+        for c, b in zip(configs, before):
+            c._attn_implementation = b
+
 
 HEAD_AGGREGATIONS = ("mean", "max")
 """How :func:`aggregate_heads` combines the attention heads of a layer."""
@@ -132,7 +242,9 @@ class HFForward(HFModel):
     @torch.no_grad()
     def forward(self, requests: Sequence[ForwardRequest], on_layer: OnLayer, attentions: bool = False,
                 hidden_states: bool = False) -> list[list[Any]]:
-        """Run one batch; returns per request the values ``on_layer`` gave for its row, layer after layer."""
+        """Run one batch; returns per request the values ``on_layer`` gave for its row, layer after layer.
+
+        The attention rows and layers read are those ``on_layer`` declares (:func:`reads_attention`; default: all)."""
         if not requests:
             return []
         if not (attentions or hidden_states):
@@ -142,9 +254,26 @@ class HFForward(HFModel):
         pending: dict[int, torch.Tensor] = {}
 
         layers = decoder_layers(self.model)
+        rows = getattr(on_layer, "attention_rows", "all") if attentions else "all"
+        read = _declared_layers(getattr(on_layer, "attention_layers", None), len(layers)) if attentions else set()
+        key_fn = getattr(on_layer, "attention_keys", None) if attentions else None
+        impl = getattr(layers[0].self_attn.config, "_attn_implementation", None) if len(layers) else None
+        use_rows = attentions and (impl == ROW_ATTENTION or (impl == "eager" and (
+            rows != "all" or len(read) < len(layers) or key_fn is not None)))
+        key_weights = key_fn(batch) if use_rows and key_fn is not None else None
+        width = batch.input_ids.shape[1]
+        if rows == "all":
+            offset = 0
+        else:
+            first = torch.where(batch.response_mask.any(1), batch.response_mask.float().argmax(1), width)
+            offset = int(first.min()) if batch.size else width
+            offset = max(0, offset - (rows == "generating"))
 
         def emit(layer: int, attn: Optional[torch.Tensor], hidden: Optional[torch.Tensor]) -> None:
-            got = list(on_layer(LayerCapture(layer, batch, attn, hidden, num_layers=len(layers))))
+            capture = LayerCapture(layer, batch, attn, hidden, num_layers=len(layers), query_offset=offset)
+            if key_weights is not None:
+                capture.attentions, capture.key_mass = None, attn
+            got = list(on_layer(capture))
             if len(got) != batch.size:
                 raise ValueError(f"on_layer returned {len(got)} values for a batch of {batch.size} rows")
             for row, v in zip(values, got):
@@ -153,9 +282,16 @@ class HFForward(HFModel):
         def attn_hook(index: int):
             def hook(module, args, output):
                 weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                if weights is None:
+                if index not in read:
+                    weights = None
+                elif weights is None:
                     raise ValueError("attention weights are not computed by this attention implementation: load the "
-                                     "model with attn_implementation='eager' to read attention")
+                                     f"model with attn_implementation='eager' (or {ROW_ATTENTION!r}) to read "
+                                     "attention")
+                elif key_fn is not None and key_weights is None:
+                    raise ValueError(f"key weights need the {ROW_ATTENTION!r} (or eager) attention implementation")
+                elif offset and weights.shape[-2] == width:  # eager weights of all rows: the declared block
+                    weights = weights[:, :, offset:]
                 if hidden_states:
                     pending[index] = weights  # handed over with the layer's output right after
                 else:
@@ -172,18 +308,27 @@ class HFForward(HFModel):
             hidden = args[0] if args else kwargs["hidden_states"]
             emit(-1, None, hidden)
 
-        handles = []
+        handles, marked = [], []
         try:
             if hidden_states:
                 handles.append(layers[0].register_forward_pre_hook(embeddings_hook, with_kwargs=True))
             for i, layer in enumerate(layers):
                 if attentions:
                     handles.append(layer.self_attn.register_forward_hook(attn_hook(i)))
+                    if use_rows and i in read:
+                        setattr(layer.self_attn, _ROWS_ATTR, (offset, key_weights))
+                        marked.append(layer.self_attn)
                 if hidden_states:
                     handles.append(layer.register_forward_hook(layer_hook(i)))
             base = getattr(self.model, "model", self.model)
-            base(**inputs, use_cache=False)
+            if use_rows:
+                with _attention_implementation(self.model, layers, ROW_ATTENTION):
+                    base(**inputs, use_cache=False)
+            else:
+                base(**inputs, use_cache=False)
         finally:
             for h in handles:
                 h.remove()
+            for m in marked:
+                delattr(m, _ROWS_ATTR)
         return values

@@ -93,6 +93,10 @@ def load_generation_model(path: str, dtype: torch.dtype = torch.float32, attn_im
     """Load a causal LM or an image-text-to-text model (when the config has a vision part) in eval mode."""
     import transformers
 
+    from verl_difficulty.models.forward import ROW_ATTENTION, register_row_attention
+
+    if attn_implementation == ROW_ATTENTION:
+        register_row_attention()
     config = transformers.AutoConfig.from_pretrained(path)
     has_vision = getattr(config, "vision_config", None) is not None
     auto = transformers.AutoModelForImageTextToText if has_vision else transformers.AutoModelForCausalLM

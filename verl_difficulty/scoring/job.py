@@ -78,13 +78,17 @@ class ScoreJob:
 
     def backend_spec(self) -> dict:
         """The backend spec (:func:`verl_difficulty.scoring.backends.make_backend`); a transformers model is loaded
-        with eager attention when a scorer reads attention weights."""
+        with eager attention when a scorer reads attention weights (or with ``sdpa_rows`` if the job says so: the
+        forward passes of the attention scorers run that implementation either way, see
+        :mod:`verl_difficulty.models.forward`; it also makes generation and the vision tower use SDPA)."""
+        from verl_difficulty.models.forward import ROW_ATTENTION
+
         spec = {"name": self.backend, "model_path": self.model_path, **self.backend_kwargs}
         readers = sorted(n for n, c in self.scorer_classes().items() if c.needs_attention)
         if readers and self.backend == "transformers":
-            if spec.setdefault("attn_implementation", "eager") != "eager":
+            if spec.setdefault("attn_implementation", "eager") not in ("eager", ROW_ATTENTION):
                 raise ValueError(f"scorer(s) {readers} read attention weights, which need attn_implementation="
-                                 f"'eager', not {spec['attn_implementation']!r}")
+                                 f"'eager' or {ROW_ATTENTION!r}, not {spec['attn_implementation']!r}")
         return spec
 
     def worker_config(self) -> dict:

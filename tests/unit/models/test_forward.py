@@ -140,3 +140,57 @@ def test_key_mass_and_head_aggregation_equal_output_attentions(fwd, requests):
     assert torch.equal(aggregate_heads(out.attentions[0], "max"), out.attentions[0].amax(1))
     with pytest.raises(ValueError, match="head aggregation"):
         aggregate_heads(out.attentions[0], "median")
+
+
+def test_row_attention_outputs_equal_sdpa_and_reads_only_declared_layers(parts, requests, fwd, monkeypatch):
+    """The ``sdpa_rows`` implementation: layer outputs as SDPA's (hidden states unchanged, marked or not), the declared
+    rows' probabilities as eager's, and no attention probabilities at all in the layers no callback declared."""
+    from verl_difficulty.models.forward import ROW_ATTENTION, reads_attention
+
+    path, tok, proc = parts
+    rows = HFForward(load_generation_model(path, attn_implementation=ROW_ATTENTION), tok, proc)
+    sdpa = HFForward(load_generation_model(path, attn_implementation="sdpa"), tok, proc)
+    batch, inputs = rows._batch(requests)
+    keep = batch.attention_mask
+    with torch.no_grad():
+        want = sdpa.model.model(**inputs, output_hidden_states=True, use_cache=False)
+        got = rows.model.model(**inputs, output_hidden_states=True, use_cache=False)
+        eager = fwd.model.model(**inputs, output_attentions=True, use_cache=False).attentions
+        logits = (sdpa.model(**inputs, use_cache=False).logits, rows.model(**inputs, use_cache=False).logits)
+    for a, b in zip(got.hidden_states, want.hidden_states):
+        assert torch.allclose(a[keep], b[keep], rtol=1e-5, atol=1e-5)
+    assert torch.allclose(logits[0][keep], logits[1][keep], rtol=1e-5, atol=1e-5)
+    n = len(decoder_layers(rows.model))
+
+    softmaxes = []
+    real_softmax = torch.nn.functional.softmax
+    monkeypatch.setattr(torch.nn.functional, "softmax", lambda *a, **k: (softmaxes.append(a[0].shape),
+                                                                         real_softmax(*a, **k))[1])
+    for which in ("response", "generating"):
+        seen, hidden = {}, {}
+
+        @reads_attention(rows=which, layers=[-1])
+        def on_layer(c):
+            if c.layer >= 0:
+                seen[c.layer] = (c.attentions, c.query_offset)
+                hidden[c.layer] = c.hidden_states
+            return [None] * c.batch.size
+
+        softmaxes.clear()
+        rows.forward(requests, on_layer, attentions=True, hidden_states=True)
+        assert seen[0][0] is None  # layer 0 is not read: no probabilities computed
+        attn, q0 = seen[n - 1]
+        first = int(batch.response_mask.float().argmax(1)[batch.response_mask.any(1)].min())
+        assert q0 == first - (which == "generating")
+        assert attn.shape == (len(requests), eager[-1].shape[1], keep.shape[1] - q0, keep.shape[1])
+        assert softmaxes == [attn.shape]  # the one read layer, its declared rows only
+        assert torch.allclose(attn, eager[-1][:, :, q0:], rtol=1e-5, atol=1e-6)
+        for layer in range(n - 1):  # the marked pass leaves the layer outputs as SDPA's
+            assert torch.allclose(hidden[layer][keep], want.hidden_states[layer + 1][keep], rtol=1e-5, atol=1e-5)
+    # an eager model is switched to the row implementation for a declared pass, and back afterwards
+    softmaxes.clear()
+    fwd.forward(requests, on_layer, attentions=True)
+    assert fwd.model.config.text_config._attn_implementation == "eager"
+    assert fwd.model.config.vision_config._attn_implementation == "eager"
+    text = [s for s in softmaxes if len(s) == 4 and s[0] == len(requests)]  # (a vision-tower chunk has batch 1)
+    assert text == [seen[n - 1][0].shape]

@@ -41,7 +41,7 @@ import numpy as np
 
 from verl_difficulty.config import setting
 from verl_difficulty.data.rows import RowFailure
-from verl_difficulty.models.forward import HEAD_AGGREGATIONS, aggregate_heads
+from verl_difficulty.models.forward import HEAD_AGGREGATIONS, aggregate_heads, reads_attention
 from verl_difficulty.schema import ACE_SCORE
 from verl_difficulty.scoring.registry import register_scorer
 from verl_difficulty.scoring.scorer import FORWARD, GENERATE, RolloutParams, Scorer
@@ -110,15 +110,17 @@ class AceScorer(Scorer):
         ``forward``: a scoring context or an :class:`~verl_difficulty.models.forward.HFForward`."""
         p = self.p
 
+        @reads_attention(rows="response" if p.positions == "response" else "all", layers=[p.layer])
         def on_layer(c) -> list:
             b = c.batch
             if not -c.num_layers <= p.layer < c.num_layers:
                 raise ValueError(f"ace.layer {p.layer} is not a layer of this {c.num_layers}-layer model")
             if c.layer != p.layer % c.num_layers:
                 return [None] * b.size
-            attn = aggregate_heads(c.attentions, p.heads)  # (B, T, T)
+            attn = aggregate_heads(c.attentions, p.heads)  # (B, rows from c.query_offset, T)
             keep = b.response_mask if p.positions == "response" else b.attention_mask
-            return [ace_score(attn[r][keep[r]][:, keep[r]].double().cpu().numpy(), p.sigma, p.direction, p.scale)
+            rows = keep[:, c.query_offset:]
+            return [ace_score(attn[r][rows[r]][:, keep[r]].double().cpu().numpy(), p.sigma, p.direction, p.scale)
                     for r in range(b.size)]
 
         return [v if isinstance(v, Exception) else next(x for x in v if x is not None)

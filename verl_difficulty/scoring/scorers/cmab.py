@@ -59,7 +59,7 @@ import numpy as np
 
 from verl_difficulty.config import ConfigError, setting
 from verl_difficulty.data.rows import RowFailure
-from verl_difficulty.models.forward import HEAD_AGGREGATIONS, key_mass
+from verl_difficulty.models.forward import HEAD_AGGREGATIONS, key_mass, reads_attention
 from verl_difficulty.schema import CMAB_BUCKET, CMAB_RATIO
 from verl_difficulty.scoring.registry import register_scorer
 from verl_difficulty.scoring.scorer import FORWARD, GENERATE, RolloutParams, Scorer
@@ -209,18 +209,31 @@ def attention_balance(forward: Any, requests: Sequence, p: CmabParams, special_i
     ``forward.forward`` gave for it (``forward``: a :class:`~verl_difficulty.scoring.context.ScoringContext` or a
     :class:`~verl_difficulty.models.forward.HFForward`). Each layer's attention is reduced in its hook to ``(tokens,
     2)`` numbers per row (image, text)."""
+    import torch
+
     cache: dict = {}
 
-    def on_layer(c) -> list:
-        b = c.batch
-        wanted = (c.layer in paper_layers(c.num_layers) if p.mode == "paper"
-                  else c.layer == reference_layer(c.num_layers, p.ref_layer))
-        if not wanted:
-            return [None] * b.size
+    def layers(num_layers: int) -> list[int]:
+        return paper_layers(num_layers) if p.mode == "paper" else [reference_layer(num_layers, p.ref_layer)]
+
+    def keys(b) -> Any:
         if cache.get("batch") is not b:
             cache.update(batch=b, keys=_key_sets(b, p, special_ids), queries=_query_mask(b, p.queries))
-        mass = key_mass(c.attentions, cache["keys"], p.heads)  # (B, T, 2)
-        q = cache["queries"]
+        return cache["keys"]
+
+    # only the counted query rows of the counted layers; the head mean is linear: the image / text masses are then
+    # computed inside the attention function (probabilities @ key sets per head): no probabilities handed over
+    @reads_attention(rows=p.queries, layers=layers, keys=keys if p.heads == "mean" else None)
+    def on_layer(c) -> list:
+        b = c.batch
+        if c.layer not in layers(c.num_layers):
+            return [None] * b.size
+        keys(b)
+        if c.key_mass is not None:  # (B, heads, rows from c.query_offset, 2)
+            mass = c.key_mass.sum(1, dtype=torch.float32).div_(c.key_mass.shape[1])
+        else:
+            mass = key_mass(c.attentions, cache["keys"], p.heads)  # (B, rows from c.query_offset, 2)
+        q = cache["queries"][:, c.query_offset:]
         return [mass[r][q[r]].double().cpu().numpy() for r in range(b.size)]
 
     out: list = []

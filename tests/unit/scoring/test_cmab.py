@@ -4,11 +4,9 @@ batching, and the scorer (with ACE) through the engine and the command line with
 
 from __future__ import annotations
 
-import io
 import json
 import math
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -257,19 +255,6 @@ def _job(data, tiny, out, **kw):
     return ScoreJob(**base)
 
 
-def _bytes(path) -> bytes:
-    """The scored table without provenance (its date differs between runs), as Arrow IPC bytes."""
-    t = pq.read_table(path).drop_columns([SCORE_PROVENANCE]).combine_chunks().replace_schema_metadata(None)
-    ei = t.column(EXTRA_INFO).combine_chunks()
-    keep = [i for i in range(ei.type.num_fields) if ei.type.field(i).name != SCORE_PROVENANCE]
-    ei = pa.StructArray.from_arrays([ei.field(i) for i in keep], fields=[ei.type.field(i) for i in keep])
-    t = t.set_column(t.column_names.index(EXTRA_INFO), EXTRA_INFO, ei)
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, t.schema) as w:
-        w.write_table(t)
-    return sink.getvalue()
-
-
 @pytest.fixture(scope="module")
 def reference(data, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
@@ -292,7 +277,7 @@ def test_engine_writes_columns_and_provenance(reference):
     assert manifest["job"]["backend"]["attn_implementation"] == "eager"
 
 
-def test_resume_after_a_crash_is_exact(reference, data, tiny, tmp_path, monkeypatch):
+def test_resume_after_a_crash_is_exact(reference, data, tiny, tmp_path, monkeypatch, scored_bytes):
     real_commit = OutputDir.commit
 
     def commit(self, *a, **k):
@@ -306,7 +291,7 @@ def test_resume_after_a_crash_is_exact(reference, data, tiny, tmp_path, monkeypa
     monkeypatch.undo()
     s = run_scoring(_job(data, tiny, tmp_path / "o"), log=lambda s: None)
     assert s["shards_resumed"] == 2
-    assert _bytes(tmp_path / "o" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "o" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")
 
 
 def _cli(data, tiny, out, *extra):
@@ -315,9 +300,9 @@ def _cli(data, tiny, out, *extra):
             "--num-workers", "0", "--no-progress", "--verifier", json.dumps(HASH_VERIFIER), *extra]
 
 
-def test_cli_equals_engine_and_reference_mode(reference, data, tiny, tmp_path, capsys):
+def test_cli_equals_engine_and_reference_mode(reference, data, tiny, tmp_path, capsys, scored_bytes):
     assert cli.main(_cli(data, tiny, tmp_path / "cli")) == 0
-    assert _bytes(tmp_path / "cli" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "cli" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")
     assert cli.main(_cli(data, tiny, tmp_path / "ref", "--cmab-mode", "reference_code", "--cmab-edges",
                          "0.2,0.5,1.5,2.0", "--cmab-step-pattern", r"\n")) == 0
     paper = pq.read_table(reference[0] / "scored.parquet").to_pylist()

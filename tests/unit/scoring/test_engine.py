@@ -3,7 +3,6 @@ refusal to mix jobs, and Ray runs with 1 and 2 workers equal to the in-process r
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -77,25 +76,6 @@ def _run_scripted(data, out, **kw):
     return run_scoring(_job(data, out, **kw), backend=backend, verifier=ScriptedVerifier(), log=lambda s: None)
 
 
-def _without_provenance(table: pa.Table) -> pa.Table:
-    if SCORE_PROVENANCE in table.column_names:
-        table = table.drop_columns([SCORE_PROVENANCE])
-    ei = table.column(EXTRA_INFO).combine_chunks()
-    keep = [i for i in range(ei.type.num_fields) if ei.type.field(i).name != SCORE_PROVENANCE]
-    children = ei.flatten()
-    new = pa.StructArray.from_arrays([children[i] for i in keep], fields=[ei.type.field(i) for i in keep])
-    return table.set_column(table.column_names.index(EXTRA_INFO), EXTRA_INFO, new).replace_schema_metadata(None)
-
-
-def _bytes(path) -> bytes:
-    """All rows and columns except the provenance (its date differs between jobs), as Arrow IPC bytes."""
-    table = _without_provenance(pq.read_table(path)).combine_chunks()  # one batch: independent of row groups
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
-    return sink.getvalue()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Bad rows, columns, provenance
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,17 +137,17 @@ def test_rescoring_replaces_columns_and_merges_provenance(data, tmp_path):
     assert set(prov) == {"pism", "passk"} and prov["passk"]["params"]["k"] == 5
 
 
-def test_same_values_for_any_shard_size(data, tmp_path):
+def test_same_values_for_any_shard_size(data, tmp_path, scored_bytes):
     _run_scripted(data, tmp_path / "a", shard_size=3)
     _run_scripted(data, tmp_path / "b", shard_size=7, batch_size=5)
-    assert _bytes(tmp_path / "a" / "scored.parquet") == _bytes(tmp_path / "b" / "scored.parquet")
+    assert scored_bytes(tmp_path / "a" / "scored.parquet") == scored_bytes(tmp_path / "b" / "scored.parquet")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Resume
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("crash_at", ["after_parquet", "after_manifest"])
-def test_resume_after_a_crash_is_exact(data, tmp_path, monkeypatch, crash_at):
+def test_resume_after_a_crash_is_exact(data, tmp_path, monkeypatch, crash_at, scored_bytes):
     _run_scripted(data, tmp_path / "ref")
     calls = {"n": 0}
     real_save, real_commit = OutputDir.save, OutputDir.commit
@@ -194,7 +174,7 @@ def test_resume_after_a_crash_is_exact(data, tmp_path, monkeypatch, crash_at):
     assert s["shards_resumed"] == (2 if crash_at == "after_parquet" else 3)
     assert s["rows_this_run"] == 30 - 4 * s["shards_resumed"]
     assert not list((tmp_path / "o" / "shards").glob("*.tmp-*"))
-    assert _bytes(tmp_path / "o" / "scored.parquet") == _bytes(tmp_path / "ref" / "scored.parquet")
+    assert scored_bytes(tmp_path / "o" / "scored.parquet") == scored_bytes(tmp_path / "ref" / "scored.parquet")
     s2 = _run_scripted(data, tmp_path / "o")  # a finished job reruns as a no-op
     assert s2["shards_resumed"] == s2["shards"] and s2["generations"] == s["generations"]
 
@@ -216,7 +196,7 @@ def _tiny_job(data, tiny, out, **kw):
                     progress=False, **kw)
 
 
-def test_ray_two_workers_equal_one_worker_and_in_process(data, tiny, tmp_path):
+def test_ray_two_workers_equal_one_worker_and_in_process(data, tiny, tmp_path, scored_bytes):
     import ray
 
     t0 = time.time()
@@ -234,9 +214,9 @@ def test_ray_two_workers_equal_one_worker_and_in_process(data, tiny, tmp_path):
         ray.shutdown()
     print(f"inline {t_inline:.1f}s, 1 worker {t1:.1f}s, 2 workers {t2:.1f}s")
     assert s1["workers"] == 1 and s2["workers"] == 2
-    ref = _bytes(tmp_path / "inline" / "scored.parquet")
-    assert _bytes(tmp_path / "w1" / "scored.parquet") == ref
-    assert _bytes(tmp_path / "w2" / "scored.parquet") == ref
+    ref = scored_bytes(tmp_path / "inline" / "scored.parquet")
+    assert scored_bytes(tmp_path / "w1" / "scored.parquet") == ref
+    assert scored_bytes(tmp_path / "w2" / "scored.parquet") == ref
     workers = {e["worker"] for e in json.load(open(tmp_path / "w2" / "manifest.json"))["done"].values()}
     assert len(workers) == 2  # both workers did shards
     t = pq.read_table(tmp_path / "w2" / "scored.parquet")
@@ -254,7 +234,7 @@ def _cli(data, tiny, out):
             "--num-workers", "1", "--verifier", json.dumps(HASH_VERIFIER), "--no-progress"]
 
 
-def test_cli_killed_after_first_shard_resumes_exactly(data, tiny, tmp_path):
+def test_cli_killed_after_first_shard_resumes_exactly(data, tiny, tmp_path, scored_bytes):
     out = tmp_path / "killed"
     manifest = out / "manifest.json"
     log = open(tmp_path / "first.log", "w")
@@ -290,6 +270,6 @@ def test_cli_killed_after_first_shard_resumes_exactly(data, tiny, tmp_path):
                    backend_kwargs={"device": "cpu", "dtype": "auto"}, verifier=dict(HASH_VERIFIER), shard_size=2,
                    limit=24, num_workers=0, progress=False)
     run_scoring(ref, log=lambda s: None)
-    assert _bytes(out / "scored.parquet") == _bytes(tmp_path / "ref" / "scored.parquet")
+    assert scored_bytes(out / "scored.parquet") == scored_bytes(tmp_path / "ref" / "scored.parquet")
     fp = json.loads(manifest.read_text())["fingerprint"]
     assert fp == json.loads((tmp_path / "ref" / "manifest.json").read_text())["fingerprint"]

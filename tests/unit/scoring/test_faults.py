@@ -30,7 +30,7 @@ SCRIPTED = "verl_difficulty.scoring.scripted:ScriptedBackend"
 _spec = importlib.util.spec_from_file_location("_engine_test_helpers", Path(__file__).with_name("test_engine.py"))
 _helpers = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_helpers)
-SCORERS, _bytes, _write = _helpers.SCORERS, _helpers._bytes, _helpers._write  # the engine tests' helpers
+SCORERS, _write = _helpers.SCORERS, _helpers._write  # the engine tests' helpers
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +51,10 @@ def _run(data, out, backend=None, log=None, **kw):
 
 
 @pytest.fixture(scope="module")
-def reference(data, tmp_path_factory):
+def reference(data, tmp_path_factory, scored_bytes):
     out = tmp_path_factory.mktemp("ref") / "o"
     _run(data, out)
-    return _bytes(out / "scored.parquet")
+    return scored_bytes(out / "scored.parquet")
 
 
 def _cli(data, out, *extra):
@@ -75,11 +75,11 @@ def _err(capsys) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Execution faults: retried, then the job fails without marking the shard done; a rerun finishes it
 # ----------------------------------------------------------------------------------------------------------------
-def test_a_transient_backend_fault_is_retried_to_the_same_output(data, tmp_path, reference):
+def test_a_transient_backend_fault_is_retried_to_the_same_output(data, tmp_path, reference, scored_bytes):
     backend = ScriptedBackend(fail_first=1)  # the first generate call raises "CUDA out of memory"
     s = _run(data, tmp_path / "o", backend=backend)
     assert backend.calls > 1 and s["rows_bad"] == 0
-    assert _bytes(tmp_path / "o" / "scored.parquet") == reference
+    assert scored_bytes(tmp_path / "o" / "scored.parquet") == reference
     ctx_backend = ScriptedBackend(fail_first=2)
     ctx = ScoringContext(ctx_backend, ScriptedVerifier(), batch_size=8, max_attempts=3)
     rows = _rows(data, 3)
@@ -94,7 +94,7 @@ def _rows(data, n):
     return [prepare_row(r, i) for i, r in enumerate(pq.read_table(data).slice(0, n).to_pylist())]
 
 
-def test_an_always_failing_backend_fails_the_job_and_a_rerun_finishes_it(data, tmp_path, reference):
+def test_an_always_failing_backend_fails_the_job_and_a_rerun_finishes_it(data, tmp_path, reference, scored_bytes):
     out = tmp_path / "o"
     with pytest.raises(ScoringFailed, match=r"shard 0 \(rows 0-3 of .*train.parquet\) failed after 3 attempt.*"
                                             r"CUDA out of memory"):
@@ -103,7 +103,7 @@ def test_an_always_failing_backend_fails_the_job_and_a_rerun_finishes_it(data, t
     assert manifest["done"] == {} and not (out / "scored.parquet").exists() and not (out / "bad_rows.jsonl").exists()
     s = _run(data, out)  # the same job with a working backend
     assert s["shards_resumed"] == 0 and s["rows_scored"] == 12
-    assert _bytes(out / "scored.parquet") == reference
+    assert scored_bytes(out / "scored.parquet") == reference
 
 
 def test_cli_always_failing_backend_exits_1_naming_shard_and_cause_then_rerun_works(data, tmp_path, capsys):
@@ -191,7 +191,7 @@ def _flip(path, at=None):
     open(path, "wb").write(bytes(raw))
 
 
-def test_a_damaged_shard_is_detected_named_and_redone(data, tmp_path, reference):
+def test_a_damaged_shard_is_detected_named_and_redone(data, tmp_path, reference, scored_bytes):
     out = tmp_path / "o"
     _run(data, out)
     size = os.path.getsize(out / "shards" / "part-00001.parquet")
@@ -202,17 +202,17 @@ def test_a_damaged_shard_is_detected_named_and_redone(data, tmp_path, reference)
     s = _run(data, out, log=logs.append)
     assert any("part-00001.parquet is corrupt" in line and "redone" in line for line in logs), logs
     assert s["shards_resumed"] == 2 and s["rows_this_run"] == 4
-    assert _bytes(out / "scored.parquet") == reference
+    assert scored_bytes(out / "scored.parquet") == reference
 
 
-def test_a_damaged_scored_parquet_is_merged_again(data, tmp_path, reference):
+def test_a_damaged_scored_parquet_is_merged_again(data, tmp_path, reference, scored_bytes):
     out = tmp_path / "o"
     _run(data, out)
     _flip(out / "scored.parquet")
     logs = []
     _run(data, out, log=logs.append)
     assert any("scored.parquet is corrupt" in line for line in logs), logs
-    assert _bytes(out / "scored.parquet") == reference
+    assert scored_bytes(out / "scored.parquet") == reference
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_duplicate_row_ids_are_refused_with_a_count_and_examples(tmp_path, capsy
         _run(path, tmp_path / "o")
 
 
-def test_a_corrupt_manifest_is_named_and_overwrite_recovers(data, tmp_path, capsys, reference):
+def test_a_corrupt_manifest_is_named_and_overwrite_recovers(data, tmp_path, capsys, reference, scored_bytes):
     out = tmp_path / "o"
     _run(data, out)
     (out / "manifest.json").write_text('{"fingerprint": "abc", "done": ')
@@ -299,13 +299,13 @@ def test_a_corrupt_manifest_is_named_and_overwrite_recovers(data, tmp_path, caps
     err = _err(capsys)
     assert f"{out / 'manifest.json'} is corrupt" in err and "--overwrite" in err
     s = _run(data, out, overwrite=True)
-    assert s["shards_resumed"] == 0 and _bytes(out / "scored.parquet") == reference
+    assert s["shards_resumed"] == 0 and scored_bytes(out / "scored.parquet") == reference
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # OS errors: consistent committed work, a message with the path and what to do
 # ----------------------------------------------------------------------------------------------------------------
-def test_disk_full_mid_job_keeps_committed_work_consistent(data, tmp_path, monkeypatch, reference):
+def test_disk_full_mid_job_keeps_committed_work_consistent(data, tmp_path, monkeypatch, reference, scored_bytes):
     out = tmp_path / "o"
     real = dio.atomic_write
 
@@ -325,7 +325,7 @@ def test_disk_full_mid_job_keeps_committed_work_consistent(data, tmp_path, monke
     assert sorted(done) == ["0"] and not list((out / "shards").glob("*.tmp-*"))
     assert sorted(p.name for p in (out / "shards").iterdir()) == ["part-00000.parquet"]
     s = _run(data, out)
-    assert s["shards_resumed"] == 1 and _bytes(out / "scored.parquet") == reference
+    assert s["shards_resumed"] == 1 and scored_bytes(out / "scored.parquet") == reference
 
 
 def test_cli_os_errors_are_one_line_with_the_path_and_what_to_do(data, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,6 @@ after a crash, and run on a Ray worker that gets the classes pickled by value.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -156,18 +155,6 @@ def _job(data, tiny, out, **kw):
     return ScoreJob(**base)
 
 
-def _bytes(path) -> bytes:
-    t = pq.read_table(path).drop_columns([SCORE_PROVENANCE]).combine_chunks().replace_schema_metadata(None)
-    ei = t.column(EXTRA_INFO).combine_chunks()
-    keep = [i for i in range(ei.type.num_fields) if ei.type.field(i).name != SCORE_PROVENANCE]
-    ei = pa.StructArray.from_arrays([ei.field(i) for i in keep], fields=[ei.type.field(i) for i in keep])
-    t = t.set_column(t.column_names.index(EXTRA_INFO), EXTRA_INFO, ei)
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, t.schema) as w:
-        w.write_table(t)
-    return sink.getvalue()
-
-
 @pytest.fixture(scope="module")
 def reference(data, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
@@ -198,7 +185,7 @@ def test_engine_runs_test_scorers(reference, data):
     assert manifest["job"]["backend"]["attn_implementation"] == "eager"  # a scorer reads attention
 
 
-def test_resume_after_a_crash_is_exact(reference, data, tiny, tmp_path, monkeypatch):
+def test_resume_after_a_crash_is_exact(reference, data, tiny, tmp_path, monkeypatch, scored_bytes):
     real_commit = OutputDir.commit
 
     def commit(self, *a, **k):
@@ -212,10 +199,10 @@ def test_resume_after_a_crash_is_exact(reference, data, tiny, tmp_path, monkeypa
     monkeypatch.undo()
     s = run_scoring(_job(data, tiny, tmp_path / "o"), log=lambda s: None)
     assert s["shards_resumed"] == 2
-    assert _bytes(tmp_path / "o" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "o" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")
 
 
-def test_cli_with_scorer_module_equals_engine(reference, data, tiny, tmp_path, capsys):
+def test_cli_with_scorer_module_equals_engine(reference, data, tiny, tmp_path, capsys, scored_bytes):
     args = ["score", data, "--model", tiny, "-o", str(tmp_path / "cli"), "--scorer-module", __name__,
             "--scorers", "plug_len,plug_attn", "--plug-len-k", "2", "--plug-attn-max-tokens", "4",
             "--shard-size", "3", "--batch-size", "4", "--device", "cpu", "--num-workers", "0", "--no-progress",
@@ -223,7 +210,7 @@ def test_cli_with_scorer_module_equals_engine(reference, data, tiny, tmp_path, c
     assert cli.main(args) == 0
     err = capsys.readouterr().err
     assert "plug_attn: 3 stats\n    mean image attention" in err  # the scorer's own summary lines
-    assert _bytes(tmp_path / "cli" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "cli" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")
     # generated flags: help, list parsing, errors naming the flag
     with pytest.raises(SystemExit):
         cli.main(["score", "--scorer-module", __name__, "--help"])
@@ -238,7 +225,7 @@ def test_vllm_cannot_run_a_forward_scorer(data, tmp_path):
         run_scoring(_job(data, "/nonexistent", tmp_path / "v", backend="vllm"), log=lambda s: None)
 
 
-def test_ray_worker_runs_test_scorers(reference, data, tiny, tmp_path):
+def test_ray_worker_runs_test_scorers(reference, data, tiny, tmp_path, scored_bytes):
     import ray
     from ray import cloudpickle  # Ray's own copy
 
@@ -250,4 +237,4 @@ def test_ray_worker_runs_test_scorers(reference, data, tiny, tmp_path):
         ray.shutdown()
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert s["workers"] == 1
-    assert _bytes(tmp_path / "ray" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "ray" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")

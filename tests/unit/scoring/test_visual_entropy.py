@@ -4,13 +4,11 @@ the command line on the synthetic data (exact resume, provenance, extra_info).""
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -216,19 +214,6 @@ def _job(data, tiny, out, **kw):
     return ScoreJob(**base)
 
 
-def _bytes(path) -> bytes:
-    """The table without the provenance (its date differs between jobs), as Arrow IPC bytes."""
-    t = pq.read_table(path).drop_columns([SCORE_PROVENANCE]).combine_chunks().replace_schema_metadata(None)
-    ei = t.column(EXTRA_INFO).combine_chunks()
-    keep = [i for i in range(ei.type.num_fields) if ei.type.field(i).name != SCORE_PROVENANCE]
-    ei = pa.StructArray.from_arrays([ei.field(i) for i in keep], fields=[ei.type.field(i) for i in keep])
-    t = t.set_column(t.column_names.index(EXTRA_INFO), EXTRA_INFO, ei)
-    sink = io.BytesIO()
-    with pa.ipc.new_stream(sink, t.schema) as w:
-        w.write_table(t)
-    return sink.getvalue()
-
-
 @pytest.fixture(scope="module")
 def reference(data, tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
@@ -257,7 +242,7 @@ def test_engine_writes_entropy_with_provenance(reference, data):
     assert got.tolist() == h.tolist()
 
 
-def test_partial_run_then_rerun_equals_uninterrupted(reference, data, tiny, tmp_path, monkeypatch):
+def test_partial_run_then_rerun_equals_uninterrupted(reference, data, tiny, tmp_path, monkeypatch, scored_bytes):
     real_commit = OutputDir.commit
 
     def commit(self, *a, **k):
@@ -271,16 +256,16 @@ def test_partial_run_then_rerun_equals_uninterrupted(reference, data, tiny, tmp_
     monkeypatch.undo()
     s = run_scoring(_job(data, tiny, tmp_path / "o"), log=lambda s: None)
     assert s["shards_resumed"] == 1 and s["rows_this_run"] == 6
-    assert _bytes(tmp_path / "o" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "o" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")
 
 
-def test_cli_equals_engine_and_prints_the_summary(reference, data, tiny, tmp_path, capsys):
+def test_cli_equals_engine_and_prints_the_summary(reference, data, tiny, tmp_path, capsys, scored_bytes):
     args = ["score", data, "--model", tiny, "-o", str(tmp_path / "cli"), "--scorers", "visual_entropy",
             "--shard-size", "4", "--batch-size", "3", "--device", "cpu", "--num-workers", "0", "--no-progress"]
     assert cli.main(args) == 0
     err = capsys.readouterr().err
     assert "visual_entropy: count=10, mean=" in err and "q25=" in err
-    assert _bytes(tmp_path / "cli" / "scored.parquet") == _bytes(reference[0] / "scored.parquet")
+    assert scored_bytes(tmp_path / "cli" / "scored.parquet") == scored_bytes(reference[0] / "scored.parquet")
     # the options: another feature kind writes other values (and is another job)
     assert cli.main(args[:5] + [str(tmp_path / "vit")] + args[6:] + ["--visual-entropy-features", "vit"]) == 0
     vit = pq.read_table(tmp_path / "vit" / "scored.parquet").column(VISUAL_ENTROPY).to_pylist()

@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from verl_difficulty.cli import doctor, report, schema, score, select, smoke, synth, tiny_model
+from verl_difficulty.cli import doctor, recipes, report, schema, score, select, smoke, synth, tiny_model
 from verl_difficulty.cli.smoke import prepare_smoke, smoke_command, smoke_recipe_dir
 
 __all__ = ["main", "prepare_smoke", "smoke_command", "smoke_recipe_dir"]
 
-SUBCOMMANDS = (doctor, schema, tiny_model, synth, smoke, score, report, select)
+SUBCOMMANDS = (doctor, schema, tiny_model, synth, smoke, score, report, select, recipes)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,17 +28,30 @@ def _images(row: dict) -> list:
     return [Image.open(BytesIO(img["bytes"])).convert("RGB") for img in row.get(schema.IMAGES) or []]
 
 
-def target_text(answer: str) -> str:
-    return f"<think> look </think> <answer> {answer} </answer>"
+ANSWER_STYLES = ("answer", "boxed")
 
 
-def warm_up(model_dir: str, rows: Sequence[dict], steps: int = 300, lr: float = 3e-3, seed: int = 0) -> dict:
+def target_text(answer: str, style: str = "answer") -> str:
+    """The warm-up target: ``answer`` = ``<think> look </think> <answer> X </answer>`` (the ``r1v_acc`` format, P1);
+    ``boxed`` = ``<think> look </think> \\boxed{X}`` (the ``math_acc_format`` format, P2-P4)."""
+    if style == "boxed":
+        return f"<think> look </think> \\boxed{{{answer}}}"
+    if style == "answer":
+        return f"<think> look </think> <answer> {answer} </answer>"
+    raise ValueError(f"warm-up answer style {style!r}: expected one of {ANSWER_STYLES}")
+
+
+def warm_up(model_dir: str, rows: Sequence[dict], steps: int = 300, lr: float = 3e-3, seed: int = 0,
+            style: str = "answer") -> dict:
     """Fine-tune the model in ``model_dir`` in place on ``rows`` (teacher forcing on the answer only).
 
     Idempotent: a directory already warmed with the same settings is left alone. Returns the marker dict
     (settings, final loss).
     """
+    target_text("", style)  # an unknown style fails before any work
     settings = {"steps": int(steps), "lr": float(lr), "seed": int(seed), "rows": len(rows)}
+    if style != "answer":  # markers written before styles existed stay valid
+        settings["style"] = style
     marker_path = os.path.join(model_dir, MARKER)
     if os.path.exists(marker_path):
         with open(marker_path) as f:
@@ -54,7 +67,7 @@ def warm_up(model_dir: str, rows: Sequence[dict], steps: int = 300, lr: float = 
     for row in rows:
         prompt = processor.apply_chat_template(build_messages(row[PROMPT]), add_generation_prompt=True, tokenize=False)
         answer = str(row["reward_model"]["ground_truth"])
-        full = prompt + target_text(answer) + "<|im_end|>"
+        full = prompt + target_text(answer, style) + "<|im_end|>"
         enc = processor(text=[full], images=_images(row) or None, return_tensors="pt")
         n_prompt = len(processor(text=[prompt], images=_images(row) or None)["input_ids"][0])
         labels = enc["input_ids"].clone()

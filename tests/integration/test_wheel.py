@@ -87,3 +87,34 @@ def test_smoke_runs_from_the_wheel(installed, tmp_path):
     launch = next(line for line in out.splitlines() if "verl.trainer.main_ppo" in line)
     assert str(installed["site"]) in launch and str(REPO / "recipes") not in launch, launch
     assert "step:1" in out
+
+
+def test_recipes_list_export_and_check_from_the_wheel(installed, tmp_path):
+    """A pip-installed user gets every recipe folder: listed, exported (launchers executable), pin-checked."""
+    def cli(*args):
+        proc = subprocess.run([sys.executable, "-m", "verl_difficulty.cli", "recipes", *args], cwd=installed["cwd"],
+                              env=installed["env"], capture_output=True, text=True, timeout=120)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = cli("list")
+    assert rc == 0, out
+    shipped = sorted(p.parent.name for p in (REPO / "recipes").glob("*/*.yaml"))
+    for name in set(shipped):
+        assert name in out, out
+    assert str(installed["site"]) in out  # listed from the installed package, not the checkout
+    dest = tmp_path / "p3"
+    rc, out = cli("export", "p3_durian", str(dest))
+    assert rc == 0, out
+    repo_files = sorted(p.relative_to(REPO / "recipes" / "p3_durian") for p in (REPO / "recipes" / "p3_durian").rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts)
+    assert sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file()) == repo_files
+    for f in repo_files:
+        assert (dest / f).read_bytes() == (REPO / "recipes" / "p3_durian" / f).read_bytes(), f
+    assert os.access(dest / "run_qwen2_5_vl_7b.sh", os.X_OK) and os.access(dest / "slurm.sbatch", os.X_OK)
+    rc, out = cli("export", "p3_durian", str(dest))  # the same files again: nothing differs, nothing refused
+    assert rc == 0, out
+    (dest / "durian_grpo.yaml").write_text("edited by the user\n")
+    rc, out = cli("export", "p3_durian", str(dest))
+    assert rc == 2 and "--force" in out and (dest / "durian_grpo.yaml").read_text() == "edited by the user\n"
+    rc, out = cli("check", "p3_durian")
+    assert rc == 0 and "recipe p3_durian: verl 0.9.1" in out, out

@@ -1,6 +1,6 @@
 """GPU-only: the vLLM scoring backend (skipped on CPU machines by tests/conftest.py, and where vLLM is missing).
 
-Uses a small random Qwen2.5-VL built in code with vLLM-friendly head sizes (64) and the tiny tokenizer/processor.
+Uses a small random Qwen2.5-VL built in code with vLLM-friendly head sizes (64, ``vllm_friendly=True``) and the tiny tokenizer/processor.
 Checks: image and text-only requests generate; per-request seeds are reproducible; a request's sample does not
 depend on the other requests of the call (reported, and required for >= 90% of requests: vLLM does not promise
 batch-invariant kernels); the three scorers run end to end through the engine with the vLLM backend; and the
@@ -10,7 +10,6 @@ transformers backend on the GPU agrees with itself across batch sizes.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -19,43 +18,11 @@ pytestmark = pytest.mark.gpu
 vllm = pytest.importorskip("vllm")
 
 
-def _build_vllm_tiny(path: str) -> str:
-    import torch
-    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    from verl_difficulty.models.tiny import IM_END, PAD_TOKEN, SPECIAL_TOKENS, build_tiny_processor, build_tiny_tokenizer
-
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
-    tok = build_tiny_tokenizer()
-    proc = build_tiny_processor(tok)
-    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab = (len(tok) + 63) // 64 * 64
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=vocab, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                         rms_norm_eps=1e-6, use_sliding_window=False, max_window_layers=2, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]},
-                         bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[IM_END], pad_token_id=ids[PAD_TOKEN]),
-        vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=2, in_channels=3, patch_size=14,
-                           spatial_merge_size=2, temporal_patch_size=2, window_size=56, out_hidden_size=128,
-                           fullatt_block_indexes=[1], tokens_per_second=2),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        bos_token_id=ids[PAD_TOKEN], eos_token_id=ids[IM_END], pad_token_id=ids[PAD_TOKEN], tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.bfloat16)
-    model.generation_config = GenerationConfig(eos_token_id=[ids[IM_END]], pad_token_id=ids[PAD_TOKEN])
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    proc.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    return _build_vllm_tiny(str(tmp_path_factory.mktemp("vllm_tiny") / "m"))
+    from verl_difficulty.models.tiny import build_tiny_model_dir
+
+    return build_tiny_model_dir(str(tmp_path_factory.mktemp("vllm_tiny") / "m"), dtype="bfloat16", vllm_friendly=True)
 
 
 @pytest.fixture(scope="module")

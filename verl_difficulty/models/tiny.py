@@ -169,28 +169,32 @@ def _round_up(value: int, multiple: int) -> int:
     return (value + multiple - 1) // multiple * multiple
 
 
-def build_tiny_config(tokenizer: Any, dtype: str = "float32") -> Any:
+def build_tiny_config(tokenizer: Any, dtype: str = "float32", vllm_friendly: bool = False) -> Any:
     """The tiny ``Qwen2_5_VLConfig``: text 64 hidden / 2 layers / 4 heads (2 kv), vision 32 hidden / depth 2.
 
     Token ids (image/video/vision start/end, bos/eos/pad) are read from ``tokenizer``; the vocabulary is the
     tokenizer size rounded up to a multiple of 64. Head dim 16 -> rotary half-dim 8 = mrope_section [2, 3, 3].
+    ``vllm_friendly``: head size 64 (text 128 hidden / 2 heads (1 kv), mrope [8, 12, 12]; vision 128 hidden /
+    2 heads), which vLLM's attention kernels accept (~0.7M parameters; the GPU tests use it).
     """
     from transformers import Qwen2_5_VLConfig
 
     ids = {tok: tokenizer.convert_tokens_to_ids(tok) for tok in SPECIAL_TOKENS}
     vocab_size = _round_up(len(tokenizer), 64)
+    wide = 2 if vllm_friendly else 1
     text_config = dict(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=64 * wide,
+        intermediate_size=128 * wide,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=4 // wide,
+        num_key_value_heads=2 // wide,
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         use_sliding_window=False,
         max_window_layers=2,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0,
+                         "mrope_section": [8, 12, 12] if vllm_friendly else [2, 3, 3]},
         bos_token_id=ids[PAD_TOKEN],
         eos_token_id=ids[IM_END],
         pad_token_id=ids[PAD_TOKEN],
@@ -199,15 +203,15 @@ def build_tiny_config(tokenizer: Any, dtype: str = "float32") -> Any:
     )
     vision_config = dict(
         depth=2,
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=128 if vllm_friendly else 32,
+        intermediate_size=256 if vllm_friendly else 64,
         num_heads=2,
         in_channels=3,
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
         window_size=56,
-        out_hidden_size=64,
+        out_hidden_size=64 * wide,
         fullatt_block_indexes=[1],
         tokens_per_second=2,
     )
@@ -226,11 +230,15 @@ def build_tiny_config(tokenizer: Any, dtype: str = "float32") -> Any:
     )
 
 
-def _marker(seed: int, dtype: str) -> dict[str, Any]:
-    return {"builder": "verl_difficulty.models.tiny", "version": TINY_VERSION, "seed": int(seed), "dtype": str(dtype)}
+def _marker(seed: int, dtype: str, vllm_friendly: bool = False) -> dict[str, Any]:
+    marker = {"builder": "verl_difficulty.models.tiny", "version": TINY_VERSION, "seed": int(seed),
+              "dtype": str(dtype)}
+    if vllm_friendly:
+        marker["vllm_friendly"] = True
+    return marker
 
 
-def _write(path: str, seed: int, dtype: str) -> None:
+def _write(path: str, seed: int, dtype: str, vllm_friendly: bool = False) -> None:
     """Build tokenizer, processor and model and save them (plus a generation config and the marker) to ``path``."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
@@ -238,7 +246,7 @@ def _write(path: str, seed: int, dtype: str) -> None:
     torch_dtype = getattr(torch, dtype)
     tokenizer = build_tiny_tokenizer()
     processor = build_tiny_processor(tokenizer)
-    config = build_tiny_config(tokenizer, dtype=dtype)
+    config = build_tiny_config(tokenizer, dtype=dtype, vllm_friendly=vllm_friendly)
 
     state = torch.random.get_rng_state()
     try:
@@ -264,18 +272,18 @@ def _write(path: str, seed: int, dtype: str) -> None:
     processor.save_pretrained(path)
     model.generation_config.save_pretrained(path)
     with open(os.path.join(path, MARKER_FILE), "w") as f:
-        json.dump(_marker(seed, dtype), f, indent=2, sort_keys=True)
+        json.dump(_marker(seed, dtype, vllm_friendly), f, indent=2, sort_keys=True)
 
 
-def _is_built(path: str, seed: int, dtype: str) -> bool:
+def _is_built(path: str, seed: int, dtype: str, vllm_friendly: bool = False) -> bool:
     try:
         with open(os.path.join(path, MARKER_FILE)) as f:
-            return json.load(f) == _marker(seed, dtype)
+            return json.load(f) == _marker(seed, dtype, vllm_friendly)
     except (OSError, ValueError):
         return False
 
 
-def build_tiny_model_dir(path: str, seed: int = 0, dtype: str = "float32") -> str:
+def build_tiny_model_dir(path: str, seed: int = 0, dtype: str = "float32", vllm_friendly: bool = False) -> str:
     """Write the tiny Qwen2.5-VL checkpoint (model, tokenizer, processor, generation config) to ``path``.
 
     Idempotent: a directory holding a marker for the same builder version, ``seed`` and ``dtype`` is reused as is;
@@ -287,17 +295,18 @@ def build_tiny_model_dir(path: str, seed: int = 0, dtype: str = "float32") -> st
         path: target directory (created if missing).
         seed: torch seed of the random weights.
         dtype: torch dtype name of the saved weights (``"float32"`` or ``"bfloat16"``).
+        vllm_friendly: head size 64, which vLLM's kernels accept (see :func:`build_tiny_config`).
     """
     path = os.path.abspath(os.fspath(path))
-    if _is_built(path, seed, dtype):
+    if _is_built(path, seed, dtype, vllm_friendly):
         return path
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".tiny-build-", dir=parent)
     try:
-        _write(tmp, seed, dtype)
+        _write(tmp, seed, dtype, vllm_friendly)
         if os.path.isdir(path):
-            if _is_built(path, seed, dtype):  # another builder won the race
+            if _is_built(path, seed, dtype, vllm_friendly):  # another builder won the race
                 return path
             if os.listdir(path) and not os.path.isfile(os.path.join(path, MARKER_FILE)):
                 raise FileExistsError(f"{path} exists and is not a tiny checkpoint directory; refusing to replace it")

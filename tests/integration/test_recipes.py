@@ -81,10 +81,44 @@ def _p3_dapo(d: dict, work: Path) -> None:
     assert d["difficulty/durian/zero_variance_frac"] == 0.0  # DAPO filtered before durian's regrouping
 
 
+# ---- P4 RAP ------------------------------------------------------------------------------------------------------
+
+def _p4_scored(_: dict, work: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(work / "scores" / "cde_ace" / "scored.parquet").to_pylist()
+    assert len(rows) == 64
+    for r in rows:  # CDE's counts (correct, correct-and-formatted per arm) and ACE's score on every row
+        info = r["extra_info"]
+        assert 0 <= info["cde_img_correct_formatted"] <= info["cde_img_correct"] <= 5
+        assert math.isfinite(info["ace_score"])
+
+
+def _p4_selection(mode: str, must_keep: bool):
+    def check(_: dict, work: Path) -> None:
+        record = json.loads((work / f"select_{mode}" / "selection.json").read_text())
+        assert record["mode"] == mode and record["counts"]["input_rows"] == 64
+        if must_keep:
+            assert record["counts"]["kept"] > 0
+    return check
+
+
+# the tiny model is as (in)accurate with the image as without (CDE's D = 0 on every row), so the paper's lambda_c = 0.5
+# keeps nothing; the paper-mode case lowers it to 0 to give the training stage rows (the official rule has no knob)
+P4_SCORE = {"SCORE_BACKEND": "transformers",
+            "SCORE_ARGS": "--device cpu --no-progress --cde-max-tokens 32 --ace-max-tokens 32"}
+
+
 CASES: list[Case] = [
     Case("p3_durian", "score", "score", "boxed", check=_p3_scored, trains=False),
     Case("p3_durian", "durian_grpo", "train", "boxed", env={"VARIANT": "grpo"}, check=_p3_durian),
     Case("p3_durian", "durian_dapo", "train", "boxed", env={"VARIANT": "dapo"}, check=_p3_dapo),
+    Case("p4_rap", "score", "score", "boxed", env=P4_SCORE, check=_p4_scored, trains=False),
+    Case("p4_rap", "select_reference_code", "select", "boxed", env={"SELECT_MODE": "reference_code"},
+         check=_p4_selection("reference_code", must_keep=False), trains=False),
+    Case("p4_rap", "select_paper", "select", "boxed", env={"SELECT_MODE": "paper", "SELECT_ARGS": "--lambda-c 0"},
+         check=_p4_selection("paper", must_keep=True), trains=False),
+    Case("p4_rap", "grpo", "train", "boxed", env={"SELECT_MODE": "paper"}),
 ]
 
 

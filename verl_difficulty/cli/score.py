@@ -13,6 +13,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 import types
 import typing
 from typing import Any, Union
@@ -27,6 +28,9 @@ examples:
   # one GPU per worker with vLLM on an existing Ray cluster (or inside `ray job submit`)
   verl-difficulty score /shared/data/ --model /shared/qwen25vl7b -o /shared/scores --backend vllm \\
       --ray-address auto --scorers pism
+  # vLLM samples, a transformers copy of the same checkpoint on the same GPU runs the attention pass
+  verl-difficulty score data/train.parquet --model /models/Qwen2.5-VL-7B-Instruct -o scores/ --backend vllm \\
+      --scorers cmab,ace --backend-kwargs '{"gpu_memory_utilization": 0.5}' --forward-dtype bfloat16
   # a scorer of your own module (registered with @register_scorer), with its generated --<name>-<param> flags
   verl-difficulty score data/train.parquet --model M -o scores/ --scorer-module my_pkg.my_scorer --scorers mine
   # rerun the same command after a crash or Ctrl-C: finished shards are kept, the rest is redone
@@ -130,6 +134,7 @@ def add_parser(sub) -> None:
     from verl_difficulty.scoring.backends import BACKENDS
     from verl_difficulty.scoring.job import ScoreJob
     from verl_difficulty.scoring.registry import scorer_classes
+    from verl_difficulty.scoring.scorer import FORWARD
     from verl_difficulty.scoring.verifier import REWARDS
 
     classes = scorer_classes()
@@ -171,11 +176,30 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("model and generation backend")
     flag(g, "model_path", required=True)
     flag(g, "backend", metavar="{" + ",".join(BACKENDS) + "} or MODULE:CLASS")
-    g.add_argument("--device", default="auto", help="transformers: auto|cpu|cuda (default auto)")
+    g.add_argument("--device", default="auto", help="transformers: auto|cpu|cuda (default auto; for another backend "
+                   "see --forward-device)")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU)|float32|bfloat16|float16")
     g.add_argument("--backend-kwargs", type=_json_arg, default=None, metavar="JSON",
                    help='extra backend arguments, e.g. \'{"gpu_memory_utilization": 0.8, "max_model_len": 8192}\'')
     flag(g, "system_prompt")
+    forward_scorers = ", ".join(n for n, c in classes.items() if FORWARD in c.needs) or "none registered"
+    g = p.add_argument_group("forward model (two-backend jobs)", textwrap.fill(
+        "When the generation backend cannot run forward passes (vllm, or a MODULE:CLASS backend without forward / "
+        f"vision_features) and a selected scorer needs them ({forward_scorers}), each worker also loads a "
+        "transformers copy of the --model checkpoint, at its first forward pass (a job of generation scorers only "
+        "never loads it): the backend samples the responses, the forward model teacher-forces them after the row's "
+        "prompt as its own processor renders it (a row whose prompt token ids differ from those the backend "
+        "sampled from is a bad row naming the difference); eager attention only when a scorer reads attention. On "
+        "one GPU, vLLM takes gpu_memory_utilization of the WHOLE GPU at start and the forward model (its weights "
+        "plus one batch of activations) must fit in the rest: the vllm backend then defaults to "
+        "gpu_memory_utilization 0.5 instead of 0.85 (set it with --backend-kwargs; 0.5 leaves room for a 7B bf16 "
+        "forward model on an 80 GB GPU), or put the forward model elsewhere (--forward-device cpu or cuda:N). "
+        "These settings are part of the job's identity (resume) and of the scorers' provenance "
+        "(generation_backend, forward_backend, forward_model).", width=110, initial_indent="  ",
+        subsequent_indent="  "))
+    flag(g, "forward_device")
+    flag(g, "forward_dtype")
+    flag(g, "forward_batch_size", type=int)
     g = p.add_argument_group("verifier")
     g.add_argument("--reward", default=REWARDS[0], choices=list(REWARDS),
                    help=f"which of the plugin's rewards decides correctness (default {REWARDS[0]})")

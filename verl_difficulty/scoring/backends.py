@@ -8,8 +8,17 @@
   engine asks for it when a scorer reads attention), and runs the vision tower alone (``ctx.vision_features``,
   :class:`verl_difficulty.models.vision.HFVision`: image features without the language model).
 * :class:`VLLMBackend` (GPU, optional extra ``verl-difficulty[gpu]``): ``vllm.LLM.generate`` with the chat-template
-  text and ``multi_modal_data`` images, one ``SamplingParams(seed=...)`` per request. Import-guarded: importing this
-  module never imports vLLM; constructing the backend without vLLM raises an ``ImportError`` that says what to install.
+  text and ``multi_modal_data`` images, one ``SamplingParams(seed=...)`` per request; each result also carries the
+  prompt token ids vLLM conditioned on (:class:`SampledResult`). Import-guarded: importing this module never imports
+  vLLM; constructing the backend without vLLM raises an ``ImportError`` that says what to install. It runs no
+  forward passes: see below.
+
+Two-backend jobs. A generation backend that cannot run teacher-forced forward passes or the vision tower (vLLM, a
+``module:Class`` backend without ``forward`` / ``vision_features``) gets, when a scorer of the job needs them, a
+*forward model*: a :class:`TransformersBackend` of the SAME checkpoint, described by
+:meth:`verl_difficulty.scoring.job.ScoreJob.forward_spec` and built by :class:`LazyForwardModel` on its first forward
+pass (a job whose scorers only generate never loads it). The scoring context sends ``generate`` to the generation
+backend and ``forward`` / ``vision_features`` to the forward model (:mod:`verl_difficulty.scoring.context`).
 
 Both apply the model's own chat template to the structured messages built by
 :mod:`verl_difficulty.data.rows` (``{"type": "image"}`` parts where the ``<image>`` placeholders were).
@@ -22,6 +31,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from verl_difficulty.models.generation import GenRequest, GenResult, Prompt, SamplingConfig
@@ -33,22 +44,78 @@ CAPABILITIES = {"transformers": frozenset({GENERATE, FORWARD}), "vllm": frozense
 ``forward`` method)."""
 
 
-def check_needs(backend: Any, scorers: Sequence[Any]) -> None:
-    """Raise ``ValueError`` naming the scorer if ``backend`` (a name or an object) cannot do what a scorer needs."""
+def _backend_class(name: str) -> Any:
+    """The class named by a ``module:Class`` backend, or None when it cannot be imported (preflight names why)."""
+    module, _, cls = name.partition(":")
+    try:
+        return getattr(importlib.import_module(module), cls, None)
+    except Exception:  # noqa: BLE001 - reported by the preflight check of --backend
+        return None
+
+
+def _runs(backend: Any, method: str) -> Optional[bool]:
+    """Whether ``backend`` (a name, a class or an object) has ``method``; None when unknown (unimportable class)."""
     if isinstance(backend, str):
-        can = CAPABILITIES.get(backend)
-        if can is None:
-            return  # a module:Class backend: checked once built
-    else:
-        can = frozenset({GENERATE}) | (frozenset({FORWARD}) if callable(getattr(backend, "forward", None)) else
-                                       frozenset())
-        backend = getattr(backend, "name", type(backend).__name__)
+        if backend in CAPABILITIES:
+            return FORWARD in CAPABILITIES[backend]
+        backend = _backend_class(backend) if ":" in backend else None
+        if backend is None:
+            return None
+    return callable(getattr(backend, method, None))
+
+
+def needs_forward_model(backend: Any, scorers: Sequence[Any]) -> bool:
+    """Whether a job needs a separate transformers forward model: a scorer needs forward passes (``FORWARD`` in its
+    ``needs``) and the generation backend (a name, ``module:Class``, a class or an object) lacks ``forward`` or
+    ``vision_features``. False when the backend class cannot be imported (preflight reports that)."""
+    if not any(FORWARD in s.needs for s in scorers):
+        return False
+    return any(_runs(backend, m) is False for m in ("forward", "vision_features"))
+
+
+def forward_model_problem(model_path: Optional[str]) -> Optional[str]:
+    """Why the forward model cannot be loaded from ``model_path`` (None: it can be tried)."""
+    if not model_path:
+        return "no --model was given"
+    if not os.path.isdir(str(model_path)):
+        return f"--model {model_path} is not a directory"
+    if not os.path.isfile(os.path.join(str(model_path), "config.json")):
+        return f"--model {model_path} has no config.json"
+    return None
+
+
+def check_needs(backend: Any, scorers: Sequence[Any], forward_model: Optional[str] = None) -> None:
+    """Raise ``ValueError`` naming the scorer if ``backend`` (a name, ``module:Class`` or an object) cannot do what a
+    scorer needs. ``forward_model``: the checkpoint of the transformers forward model that runs the forward passes a
+    generation backend cannot (None: no forward model; the directory is checked here)."""
+    label = backend if isinstance(backend, str) else getattr(backend, "name", type(backend).__name__)
+    runs = _runs(backend, "forward")
+    if runs is None:
+        return  # a module:Class that does not import: preflight names it
+    can = frozenset({GENERATE}) | (frozenset({FORWARD}) if runs else frozenset())
     for s in scorers:
         missing = sorted(set(s.needs) - can)
-        if missing:
-            what = "a teacher-forced forward pass" if FORWARD in missing else " and ".join(missing)
-            raise ValueError(f"scorer {s.name!r} needs {what}, which the {backend} backend cannot run; use "
-                             "--backend transformers")
+        if not missing:
+            continue
+        what = "a teacher-forced forward pass" if FORWARD in missing else " and ".join(missing)
+        if missing == [FORWARD] and forward_model is not None:
+            problem = forward_model_problem(forward_model)
+            if problem is None:
+                continue
+            raise ValueError(f"scorer {s.name!r} needs {what}, which the {label} backend cannot run, and its "
+                             f"transformers forward model cannot be loaded: {problem}; give the local checkpoint "
+                             "directory, or use --backend transformers")
+        raise ValueError(f"scorer {s.name!r} needs {what}, which the {label} backend cannot run; use "
+                         "--backend transformers")
+
+
+@dataclass
+class SampledResult(GenResult):
+    """A :class:`GenResult` that also says which prompt token ids the engine conditioned on (image placeholders
+    expanded as the engine's own processor expanded them). The scoring context compares them with the forward model's
+    prompt before it teacher-forces the response."""
+
+    prompt_ids: Optional[list[int]] = None
 
 
 def _load_processor(model_path: str):
@@ -210,12 +277,41 @@ class VLLMBackend:
         res = []
         for o in outs:
             c = o.outputs[0]
-            res.append(GenResult(token_ids=list(c.token_ids), finish_reason=str(c.finish_reason), text=c.text))
+            ids = getattr(o, "prompt_token_ids", None)
+            res.append(SampledResult(token_ids=list(c.token_ids), finish_reason=str(c.finish_reason), text=c.text,
+                                     prompt_ids=list(ids) if ids is not None else None))
         return res
 
     def describe(self) -> dict:
         return {"backend": self.name, "model_path": self.model_path, "vllm_version": self.vllm.__version__,
                 **{k: v for k, v in self.llm_kwargs.items() if isinstance(v, (str, int, float, bool, dict))}}
+
+
+class LazyForwardModel:
+    """The transformers forward model of a two-backend job (see the module docstring), built from ``spec``
+    (:func:`make_backend`) on the first call and kept; a failed build is tried again by the next call.
+
+    Calling it returns the backend; :attr:`loaded` says whether it was built."""
+
+    def __init__(self, spec: dict):
+        self.spec = dict(spec)
+        self.backend: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.backend is not None
+
+    def __call__(self) -> Any:
+        if self.backend is None:
+            self.backend = make_backend(self.spec)
+        return self.backend
+
+    def describe(self) -> dict:
+        """The loaded backend's description, or the spec (``loaded: false``) before it is built."""
+        if self.backend is not None:
+            return {**self.backend.describe(), "loaded": True}
+        return {**{k: v for k, v in self.spec.items() if k != "name"}, "backend": self.spec.get("name"),
+                "loaded": False}
 
 
 def vllm_available() -> bool:

@@ -1,5 +1,14 @@
 """What a scorer gets for a shard: :class:`ScoringContext` (prompts, rollouts, grading, teacher-forced forward passes,
-vision-tower features) and the protocols of its collaborators, the model backend and the verifier."""
+vision-tower features) and the protocols of its collaborators, the model backend and the verifier.
+
+Two backends. When the generation backend cannot run forward passes (vLLM), the context gets a *forward model* (a
+transformers backend of the same checkpoint, built on first use): ``generate`` stays on the generation backend,
+``forward`` / ``vision_features`` go to the forward model. A response sampled by the generation backend is
+teacher-forced after the row's prompt as the FORWARD model's processor renders it;
+:meth:`ScoringContext.forward_request` first checks that this prompt is the one the response was sampled from (the
+prompt token ids the generation backend gives or reports, else the chat-template text) and fails the row, naming the
+first difference, when it is not.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +24,10 @@ from verl_difficulty.models.generation import GenRequest, GenResult, Prompt, Sam
 
 _EXECUTION_TEXT = re.compile(r"out of memory|\boom\b|cuda error|cublas|cudnn|nccl|\bnan\b|\binf\b|"
                              r"probability tensor|device-side assert|connection|timed? ?out", re.IGNORECASE)
+SKIP_REASON = "skip_reason"
+"""The ``ForwardRequest.tag`` key of a request that must not run (its prompt differs from the one its response was
+sampled from, or the forward model could not build it): :meth:`ScoringContext.forward` fails its row with the
+value."""
 ISOLATION_LIMIT = 32
 """Requests of a failed batch tried one at a time that may all fail before the batch counts as an execution fault."""
 
@@ -42,7 +55,10 @@ class GenerationBackend(Protocol):
     A backend that can also run teacher-forced forward passes has a ``forward(requests, on_layer, attentions,
     hidden_states)`` method with the contract of :meth:`verl_difficulty.models.forward.HFForward.forward`; one that
     can run the vision tower alone has a ``vision_features(requests, which, reduce)`` method with the contract of
-    :meth:`verl_difficulty.models.vision.HFVision.features` (both: the transformers backend; neither: vLLM).
+    :meth:`verl_difficulty.models.vision.HFVision.features` (both: the transformers backend; neither: vLLM, whose
+    jobs get a transformers forward model for them). A generation result may carry ``prompt_ids``, the prompt token
+    ids the engine conditioned on (:class:`verl_difficulty.scoring.backends.SampledResult`): the context then checks
+    the forward model's prompt against them.
     """
 
     name: str
@@ -102,11 +118,18 @@ class ScoringContext:
     raises :class:`ExecutionFault` instead, and so do :data:`ISOLATION_LIMIT` failed requests in a row with none
     working; the engine also turns a scorer whose every request failed into an :class:`ExecutionFault` (counters
     ``succeeded`` / ``failed``). ``scorer`` is the name of the scorer being run (the engine sets it; errors name it).
+
+    ``forward_model``: a zero-argument callable returning the backend that runs the forward passes and vision
+    features the generation backend cannot (the engine passes a
+    :class:`~verl_difficulty.scoring.backends.LazyForwardModel`); it is called at the first such request only, and
+    a failure to build it is an :class:`ExecutionFault`. Its batches hold ``forward_batch_size`` requests (default
+    ``batch_size``).
     """
 
     def __init__(self, backend: GenerationBackend, verifier: Verifier, seed: int = 0, batch_size: int = 16,
                  on_generations: Optional[Callable[[int], None]] = None, max_attempts: int = 1,
-                 retry_backoff_s: float = 0.0):
+                 retry_backoff_s: float = 0.0, forward_model: Optional[Callable[[], Any]] = None,
+                 forward_batch_size: Optional[int] = None):
         self.backend = backend
         self.verifier = verifier
         self.seed = int(seed)
@@ -124,18 +147,28 @@ class ScoringContext:
         self.retries = 0
         self.last_error = ""
         self._prompts: dict[tuple, Prompt] = {}
+        self.forward_model = forward_model
+        self.forward_batch_size = max(1, int(forward_batch_size or self.batch_size))
+        self._forward_backend: Any = None
+        self._sampled_prompt_ids: dict[tuple, list[int]] = {}
+        """(row id, with images) -> the prompt ids the generation backend reported conditioning on."""
 
     def prompt(self, row: ScoringRow, with_images: bool = True) -> Prompt:
-        """The row's prompt (cached per shard): with its images, or the text-only variant."""
-        key = (row.position, with_images)
+        """The row's prompt for the generation backend (cached per shard): with its images, or the text-only
+        variant."""
+        return self._prompt(self.backend, row, with_images, "generation")
+
+    def _prompt(self, backend: Any, row: ScoringRow, with_images: bool, side: str, count: bool = True) -> Prompt:
+        key = (row.position, with_images, side)
         if key not in self._prompts:
             try:
                 if with_images:
-                    self._prompts[key] = self.backend.prepare(row.messages, row.images or None)
+                    self._prompts[key] = backend.prepare(row.messages, row.images or None)
                 else:
-                    self._prompts[key] = self.backend.prepare(row.text_messages, None)
+                    self._prompts[key] = backend.prepare(row.text_messages, None)
             except Exception as e:
-                self._failed(e)
+                if count:
+                    self._failed(e)
                 raise
         return self._prompts[key]
 
@@ -176,10 +209,12 @@ class ScoringContext:
                                          f"even one at a time: {self.last_error}") from out[-1].__cause__
         return out
 
-    def _batched(self, requests: Sequence, call: Callable[[list], list], what: str) -> list:
+    def _batched(self, requests: Sequence, call: Callable[[list], list], what: str,
+                 size: Optional[int] = None) -> list:
         out: list = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start : start + self.batch_size])
+        size = size or self.batch_size
+        for start in range(0, len(requests), size):
+            chunk = list(requests[start : start + size])
             res = self._batch(call, chunk, what)
             self.succeeded += sum(1 for r in res if not isinstance(r, RowFailure))
             out.extend(res)
@@ -196,7 +231,12 @@ class ScoringContext:
 
     def generate(self, requests: Sequence[GenRequest], sampling: SamplingConfig) -> list:
         """One :class:`GenResult` (or :class:`RowFailure`) per request, in order."""
-        return self._batched(requests, lambda chunk: self.backend.generate(chunk, sampling), "generation")
+        out = self._batched(requests, lambda chunk: self.backend.generate(chunk, sampling), "generation")
+        for req, res in zip(requests, out):
+            ids = getattr(res, "prompt_ids", None)
+            if ids is not None and "row" in req.tag:
+                self._sampled_prompt_ids.setdefault((int(req.tag["row"]), bool(req.images)), list(ids))
+        return out
 
     def forward(self, requests: Sequence[ForwardRequest], on_layer: OnLayer, attentions: bool = False,
                 hidden_states: bool = False) -> list:
@@ -205,11 +245,28 @@ class ScoringContext:
         layer after layer, or a :class:`RowFailure`. Batches never mix into a row's values (``on_layer`` must reduce
         each row on its own), so the result does not depend on the batch size.
 
-        Raises ``RuntimeError`` naming the scorer if the backend cannot run forward passes (vLLM).
+        Runs on the generation backend if it can, else on the forward model; a request whose prompt does not match
+        the generation backend's (:meth:`forward_request`) gets its :class:`RowFailure` without running. Raises
+        ``RuntimeError`` naming the scorer if neither can run forward passes (vLLM without a forward model).
         """
-        self._require(can_forward, "a teacher-forced forward pass")
-        return self._batched(requests, lambda chunk: self.backend.forward(chunk, on_layer, attentions=attentions,
-                                                                         hidden_states=hidden_states), "forward pass")
+        target = self._target(can_forward, "a teacher-forced forward pass")
+        out: list = [None] * len(requests)
+        run = []
+        for i, req in enumerate(requests):
+            problem = req.tag.get(SKIP_REASON) if isinstance(req.tag, dict) else None
+            if problem:
+                out[i] = RowFailure(problem)
+                self.failed += 1
+                self.last_error = problem
+            else:
+                run.append(i)
+        got = self._batched([requests[i] for i in run],
+                            lambda chunk: target.forward(chunk, on_layer, attentions=attentions,
+                                                         hidden_states=hidden_states),
+                            "forward pass", self._size(target))
+        for i, res in zip(run, got):
+            out[i] = res
+        return out
 
     def vision_features(self, requests: Sequence, which: str = "merged",
                         reduce: Optional[Callable[[list], Any]] = None) -> list:
@@ -218,28 +275,90 @@ class ScoringContext:
         ``reduce(that list)``, or a :class:`RowFailure` (``which``: ``merged`` / ``vit``, see
         :mod:`verl_difficulty.models.vision`). Counted as forward passes.
 
-        Raises ``RuntimeError`` naming the scorer if the backend cannot run the vision tower (vLLM).
+        Runs on the generation backend if it can, else on the forward model. Raises ``RuntimeError`` naming the
+        scorer if neither can run the vision tower (vLLM without a forward model).
         """
-        self._require(can_vision, "a forward pass of the vision tower")
-        return self._batched(requests, lambda chunk: self.backend.vision_features(chunk, which, reduce),
-                             "vision forward pass")
+        target = self._target(can_vision, "a forward pass of the vision tower")
+        return self._batched(requests, lambda chunk: target.vision_features(chunk, which, reduce),
+                             "vision forward pass", self._size(target))
 
-    def _require(self, can: Callable[[Any], bool], what: str) -> None:
-        if not can(self.backend):
-            raise RuntimeError(
-                f"scorer {self.scorer or '?'!r} needs {what}, which the "
-                f"{getattr(self.backend, 'name', type(self.backend).__name__)} backend cannot run; use the "
-                "transformers backend (--backend transformers)")
+    def _size(self, target: Any) -> int:
+        return self.batch_size if target is self.backend else self.forward_batch_size
+
+    def _target(self, can: Callable[[Any], bool], what: str) -> Any:
+        """The backend that runs ``what``: the generation backend if it can, else the forward model (built now)."""
+        if can(self.backend):
+            return self.backend
+        if self.forward_model is not None:
+            if self._forward_backend is None:
+                try:
+                    self._forward_backend = self.forward_model()
+                except Exception as e:  # noqa: BLE001 - the machine's or the checkpoint's fault, never a row's
+                    raise ExecutionFault(f"scorer {self.scorer or '?'!r}: the transformers forward model failed "
+                                         f"to load: {describe_error(e)}") from e
+            if can(self._forward_backend):
+                return self._forward_backend
+        raise RuntimeError(
+            f"scorer {self.scorer or '?'!r} needs {what}, which the "
+            f"{getattr(self.backend, 'name', type(self.backend).__name__)} backend cannot run"
+            + ("" if self.forward_model is None else " (nor its forward model)")
+            + "; use the transformers backend (--backend transformers)")
 
     def forward_request(self, row: ScoringRow, response_ids: Sequence[int], with_images: bool = True,
                         tag: Optional[dict] = None) -> ForwardRequest:
         """The forward request of the row's prompt (its images or the text-only variant) followed by
-        ``response_ids`` (e.g. ``GenResult.token_ids`` of a rollout)."""
-        prompt = self.prompt(row, with_images)
+        ``response_ids`` (e.g. ``GenResult.token_ids`` of a rollout).
+
+        With a forward model, the prompt is the forward model's rendering of the row; if it differs from the prompt
+        the response was sampled from (:meth:`prompt_mismatch`), or the forward model cannot build it, the request is
+        marked (``tag[SKIP_REASON]``) and :meth:`forward` fails its row with that reason instead of running it."""
+        target = self._target(can_forward, "a teacher-forced forward pass")
+        tag = dict(tag or {})
+        images = list(row.images) if with_images and row.images else None
+        if target is self.backend:
+            prompt = self.prompt(row, with_images)
+        else:
+            try:
+                prompt = self._prompt(target, row, with_images, "forward", count=False)
+            except Exception as e:  # noqa: BLE001 - the row's fault unless it is the machine's
+                if is_execution_error(e):
+                    raise ExecutionFault(f"scorer {self.scorer or '?'!r}: {describe_error(e)}") from e
+                tag[SKIP_REASON] = (f"{self.scorer or '?'}: forward pass failed: the forward model could not build "
+                                    f"the prompt of row {row.row_id}: {describe_error(e)}")
+                return ForwardRequest(prompt_ids=[], response_ids=list(response_ids), images=images, tag=tag)
+            problem = self.prompt_mismatch(row, with_images, prompt)
+            if problem:
+                tag[SKIP_REASON] = f"{self.scorer or '?'}: forward pass failed: {problem}"
         if prompt.prompt_ids is None:
-            raise RuntimeError(f"the {getattr(self.backend, 'name', '?')} backend gives no prompt token ids")
-        return ForwardRequest(prompt_ids=list(prompt.prompt_ids), response_ids=list(response_ids),
-                              images=list(row.images) if with_images and row.images else None, tag=dict(tag or {}))
+            raise RuntimeError(f"the {getattr(target, 'name', '?')} backend gives no prompt token ids")
+        return ForwardRequest(prompt_ids=list(prompt.prompt_ids), response_ids=list(response_ids), images=images,
+                              tag=tag)
+
+    def prompt_mismatch(self, row: ScoringRow, with_images: bool, forward_prompt: Prompt) -> Optional[str]:
+        """Why ``forward_prompt`` (the forward model's rendering of the row) is not the prompt the generation backend
+        sampled from, or None. Compared: the generation prompt's token ids if the backend gives them, else the ids
+        it reported conditioning on (vLLM), else the chat-template text."""
+        gen = self.prompt(row, with_images)
+        name = getattr(self.backend, "name", type(self.backend).__name__)
+        sampled = gen.prompt_ids
+        if sampled is None:
+            sampled = self._sampled_prompt_ids.get((row.row_id, bool(with_images and row.images)))
+        if sampled is not None:
+            a, b = list(sampled), list(forward_prompt.prompt_ids or [])
+            if a == b:
+                return None
+            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            return (f"the forward model's prompt token ids of row {row.row_id} differ from those the {name} backend "
+                    f"sampled from ({len(b)} vs {len(a)} ids, first difference at position {at}: "
+                    f"{b[at] if at < len(b) else 'end'} vs {a[at] if at < len(a) else 'end'}); both must render the "
+                    "prompt alike (same chat template, same image processor settings, e.g. min/max pixels)")
+        if gen.text != forward_prompt.text:
+            at = next((i for i, (x, y) in enumerate(zip(gen.text, forward_prompt.text)) if x != y),
+                      min(len(gen.text), len(forward_prompt.text)))
+            return (f"the forward model's chat-template text of row {row.row_id} differs from the {name} backend's "
+                    f"at character {at} ({forward_prompt.text[at:at + 20]!r} vs {gen.text[at:at + 20]!r}); both "
+                    "must render the prompt alike (same chat template)")
+        return None
 
     def verify(self, generations: Sequence, rows: Sequence[ScoringRow]) -> list[bool]:
         """Grade generations (exceptions are skipped and count as wrong; the scorer fails their rows anyway)."""

@@ -30,6 +30,11 @@ the shard is not committed, no other shard is started and the job raises :class:
 and the cause; a rerun retries it. Committed shards are verified by SHA-256 on resume and before the merge (a
 damaged one is named in the log and redone); ``scored.parquet`` is reused only if its recorded SHA-256 matches.
 
+Two backends. A generation backend that cannot run forward passes (vLLM) gets, per worker, a transformers forward
+model of the same checkpoint for the scorers that need one (:meth:`~.job.ScoreJob.forward_spec`; built on first use,
+so a job that only generates never loads it); its settings are part of the fingerprint and of each such scorer's
+provenance (``generation_backend``, ``forward_backend``, ``forward_model``).
+
 The engine knows no scorer by name: scorers come from the registry (:mod:`.registry`) and write their own summary
 (:mod:`.summary`).
 """
@@ -83,7 +88,8 @@ def _plan(job: ScoreJob, backend: Any, verifier: Any, log: Callable[[str], None]
     if (backend is not None or verifier is not None) and job.num_workers not in (0,):
         raise ValueError("backend/verifier objects can only be injected with num_workers=0 (in-process)")
     classes, scorers, fields = _scorers(job)
-    check_needs(backend if backend is not None else job.backend, scorers)
+    check_needs(backend if backend is not None else job.backend, scorers,
+                forward_model=job.model_path if job.forward_spec(backend) is not None else None)
     try:
         files = discover_inputs(job.inputs)
     except FileNotFoundError as e:
@@ -111,12 +117,12 @@ def run_scoring(job: ScoreJob, backend: Any = None, verifier: Any = None,
     """
     t_start = time.time()
     classes, scorers, fields, files, shards = _plan(job, backend, verifier, log)
-    config = job.worker_config()
+    config = job.worker_config(backend)
     desc = describe_job(job, files, scorers, backend.describe() if backend is not None else None,
-                        verifier.describe() if verifier is not None else None)
+                        verifier.describe() if verifier is not None else None, backend=backend)
     out = OutputDir(job.output_dir)
     manifest = out.open(fingerprint(desc), desc, job.overwrite, log)
-    prov = provenance(desc, manifest["created"])
+    prov = provenance(desc, manifest["created"], scorers)
     todo = [s for s in shards if not _intact(out, s, log)]
     total_rows = sum(s.rows for s in shards)
     resumed = len(shards) - len(todo)

@@ -42,13 +42,16 @@ class ScoringWorker:
 
     ``classes`` maps the job's scorer names to their classes (None: the registry of this process). ``backend`` /
     ``verifier`` objects may be injected (in-process use and tests); otherwise they are built from the specs in
-    ``config`` (:meth:`ScoreJob.worker_config`).
+    ``config`` (:meth:`ScoreJob.worker_config`). A two-backend job (``config["forward"]``) also holds a
+    :class:`~verl_difficulty.scoring.backends.LazyForwardModel`: the transformers forward model on this worker's
+    device, built at the first forward pass (after the generation backend, which on one GPU has then taken its share
+    of the memory) and kept for the next shards.
     """
 
     def __init__(self, config: dict, classes: Optional[dict] = None, backend: Any = None, verifier: Any = None,
                  num_threads: Optional[int] = None):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from verl_difficulty.scoring.backends import check_needs, make_backend
+        from verl_difficulty.scoring.backends import LazyForwardModel, check_needs, make_backend
         from verl_difficulty.scoring.registry import make_scorer
         from verl_difficulty.scoring.verifier import make_verifier
 
@@ -57,16 +60,24 @@ class ScoringWorker:
         spec = dict(config["backend"])
         if num_threads and spec.get("name") == "transformers":
             spec.setdefault("num_threads", int(num_threads))
-        check_needs(backend if backend is not None else spec["name"], self.scorers)
+        forward = dict(config["forward"]) if config.get("forward") else None
+        if forward is not None and num_threads:
+            forward.setdefault("num_threads", int(num_threads))
+        self.forward_model = LazyForwardModel(forward) if forward is not None else None
+        fpath = forward["model_path"] if forward is not None else None
+        check_needs(backend if backend is not None else spec["name"], self.scorers, forward_model=fpath)
         self.backend = backend if backend is not None else make_backend(spec)
-        check_needs(self.backend, self.scorers)
+        check_needs(self.backend, self.scorers, forward_model=fpath)
         self.verifier = verifier if verifier is not None else make_verifier(config["verifier"])
         self._generations = 0
         self.on_progress: Optional[Callable[[int], None]] = None
         self.where = f"{socket.gethostname()}:{os.getpid()}"
 
     def ready(self) -> dict:
-        return {"worker": self.where, "backend": self.backend.describe()}
+        info = {"worker": self.where, "backend": self.backend.describe()}
+        if self.forward_model is not None:
+            info["forward_model"] = self.forward_model.describe()
+        return info
 
     def progress(self) -> int:
         """Generations done by this worker so far (polled by the driver for the progress bar)."""
@@ -97,7 +108,9 @@ class ScoringWorker:
         ctx = ScoringContext(self.backend, self.verifier, seed=self.config["seed"],
                              batch_size=self.config["batch_size"], on_generations=self._count,
                              max_attempts=self.config.get("max_attempts", 1),
-                             retry_backoff_s=self.config.get("retry_backoff_s", 0.0))
+                             retry_backoff_s=self.config.get("retry_backoff_s", 0.0),
+                             forward_model=self.forward_model,
+                             forward_batch_size=self.config.get("forward_batch_size"))
         generations: dict[str, int] = {}
         values: dict[int, dict] = {r.position: {} for r in prepared}
         for scorer in self.scorers:
@@ -245,11 +258,13 @@ def _run_ray(job, config, classes, todo, commit, progress, failed, log) -> int:
     started = _init_ray(job, log)
     try:
         resources = ray.cluster_resources()
-        device = str(job.backend_kwargs.get("device", "auto"))
+        devices = {str(job.backend_kwargs.get("device", "auto"))}
+        if config.get("forward"):
+            devices.add(str(config["forward"]["device"]))  # the forward model of a two-backend job
         cluster_gpus = float(resources.get("GPU", 0))
         gpus = job.gpus_per_worker
         if gpus is None:
-            gpus = 1.0 if (cluster_gpus > 0 and device != "cpu") else 0.0
+            gpus = 1.0 if (cluster_gpus > 0 and devices != {"cpu"}) else 0.0
         n = job.num_workers
         if n is None:
             n = max(1, int(cluster_gpus // gpus)) if gpus > 0 else 1
@@ -270,7 +285,9 @@ def _run_ray(job, config, classes, todo, commit, progress, failed, log) -> int:
             except Exception as e:  # noqa: BLE001 - e.g. vLLM missing on a node, a wrong model path
                 raise _start_failed(e) from e
             for i in info:
-                log(f"worker {i['worker']}: {canonical_json(i['backend'])}")
+                log(f"worker {i['worker']}: {canonical_json(i['backend'])}"
+                    + (f"; forward model (built at the first forward pass): {canonical_json(i['forward_model'])}"
+                       if i.get("forward_model") else ""))
             _dispatch(job, actors, todo, commit, progress, failed, log)
         finally:
             for a in actors:

@@ -220,9 +220,14 @@ def test_cli_with_scorer_module_equals_engine(reference, data, tiny, tmp_path, c
     assert "--plug-attn-top-p: must be <= 1.0" in capsys.readouterr().err
 
 
-def test_vllm_cannot_run_a_forward_scorer(data, tmp_path):
-    with pytest.raises(ValueError, match="'plug_attn' needs a teacher-forced forward pass.*vllm"):
-        run_scoring(_job(data, "/nonexistent", tmp_path / "v", backend="vllm"), log=lambda s: None)
+def test_a_plugged_forward_scorer_on_vllm_becomes_a_two_backend_job(data, tmp_path):
+    """A scorer from a test file that reads attention, on the vllm backend: the engine plans an eager transformers
+    forward model of the same checkpoint (no scorer named anywhere in the engine), and refuses an unloadable one."""
+    job = _job(data, "/nonexistent", tmp_path / "v", backend="vllm")
+    assert job.forward_spec()["attn_implementation"] == "eager"
+    with pytest.raises(ValueError, match="'plug_attn' needs a teacher-forced forward pass, which the vllm backend "
+                                         "cannot run, and its transformers forward model cannot be loaded"):
+        run_scoring(job, log=lambda s: None)
 
 
 def test_ray_worker_runs_test_scorers(reference, data, tiny, tmp_path, scored_bytes):

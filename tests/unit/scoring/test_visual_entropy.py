@@ -188,13 +188,20 @@ def test_rows_without_image_and_backends_without_vision_tower(backend, rows):
         VisualEntropyScorer().score(rows[:1], ctx)
 
 
-def test_vllm_backend_is_refused(tmp_path):
+def test_vllm_job_gets_a_transformers_forward_model_checked_before_any_work(tmp_path):
+    """vLLM cannot read the vision tower: the job becomes a two-backend job (vLLM samples, a transformers copy of the
+    checkpoint runs the vision forward pass), and a checkpoint that cannot be loaded stops it in preflight."""
     assert cli.main(["synth", str(tmp_path), "--n-train", "2", "--n-val", "1"]) == 0
     data = str(tmp_path / "train.parquet")
     job = ScoreJob(inputs=[data], output_dir=str(tmp_path / "v"), model_path="/nonexistent", backend="vllm",
                    scorers={"visual_entropy": {}}, num_workers=0, progress=False)
-    with pytest.raises(ValueError, match="'visual_entropy' needs a teacher-forced forward pass.*vllm"):
+    spec = job.forward_spec()
+    assert spec["name"] == "transformers" and spec["model_path"] == "/nonexistent"
+    assert spec["attn_implementation"] == "sdpa"  # visual entropy reads no attention weights
+    with pytest.raises(ValueError, match="'visual_entropy' needs a teacher-forced forward pass, which the vllm backend "
+                                         "cannot run, and its transformers forward model cannot be loaded"):
         run_scoring(job, log=lambda s: None)
+    assert not (tmp_path / "v" / "scored.parquet").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -138,6 +138,12 @@ def _cpu_compat():
     patch_process_group_init()
 
 
+def _cpu_torchrun_compat():
+    from verl_difficulty.cpu.compat import patch_torchrun_process_group_init
+
+    patch_torchrun_process_group_init()
+
+
 def _mrope_same_length():
     from verl_difficulty.cpu.compat import patch_mrope_same_length
 
@@ -159,6 +165,7 @@ REGISTRATIONS = {
 #: only on the CPU platform (VERL_PLATFORM=cpu): see verl_difficulty/cpu/compat.py
 CPU_ONLY = {
     "cpu_process_group": ("verl.workers.engine_workers", _cpu_compat),
+    "cpu_torchrun_process_group": ("verl.utils.distributed", _cpu_torchrun_compat),
 }
 
 

@@ -19,7 +19,7 @@ VARIANT="${VARIANT:-grpo}"                               # grpo | dapo  -> duria
 NNODES="${NNODES:-1}"
 N_GPUS_PER_NODE="${N_GPUS_PER_NODE:-8}"
 SCORE_WORKERS="${SCORE_WORKERS:-$((NNODES * N_GPUS_PER_NODE))}"  # Ray scoring workers (0 = in this process)
-SCORE_GPUS_PER_WORKER="${SCORE_GPUS_PER_WORKER:-1}"
+SCORE_GPUS_PER_WORKER="${SCORE_GPUS_PER_WORKER-1}"  # set but empty: no --gpus-per-worker (CPU workers)
 SCORE_ARGS="${SCORE_ARGS:-}"                             # extra `verl-difficulty score` flags, e.g. "--device cpu"
 TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"                   # extra hydra overrides of main_ppo (space-separated)
 STAGES="${STAGES:-prepare score train}"

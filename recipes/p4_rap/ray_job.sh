@@ -34,8 +34,8 @@ WORK="$(mkdir -p "$WORK" && cd "$WORK" && pwd)"; export WORK
 RUNTIME_ENV="$("$PYTHON" - "$PLUGIN_WHEEL" <<'PY'
 import json, os, sys
 keys = ["MODEL_PATH", "SOURCE", "WORK", "SELECT_MODE", "FULL_EPOCHS", "NNODES", "N_GPUS_PER_NODE", "STAGES",
-        "SCORE_WORKERS", "SCORE_GPUS_PER_WORKER", "SCORE_BACKEND", "SCORE_ARGS", "CDE_ARGS", "ACE_ARGS", "SELECT_ARGS",
-        "TRAIN_OVERRIDES", "VERL_PLATFORM", "VERL_DIFFICULTY_IGNORE_PIN"]
+        "SCORE_WORKERS", "SCORE_GPUS_PER_WORKER", "SCORE_BACKEND", "SCORE_ARGS", "SELECT_ARGS", "TRAIN_OVERRIDES",
+        "VERL_PLATFORM", "VERL_DIFFICULTY_IGNORE_PIN"]
 env = {"env_vars": {k: os.environ[k] for k in keys if k in os.environ}}
 if sys.argv[1]:
     env["pip"] = [os.path.abspath(sys.argv[1])]

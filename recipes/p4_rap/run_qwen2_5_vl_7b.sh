@@ -3,9 +3,9 @@
 #
 #   bash run_qwen2_5_vl_7b.sh [extra hydra overrides for main_ppo ...]
 #
-# Stages (STAGES, in this order): prepare (MM-Eureka -> verl parquet), score (CDE: M rollouts with and M without the
-# image; then ACE: one response per row and a teacher-forced pass reading the final layer's attention), select
-# (`verl-difficulty select p4 --mode $SELECT_MODE`), train (stock verl main_ppo with grpo.yaml on the selection),
+# Stages (STAGES, in this order): prepare (MM-Eureka -> verl parquet), score (one job: CDE's M rollouts with and M
+# without the image; ACE's one response per row and a teacher-forced pass reading the final layer's attention),
+# select (`verl-difficulty select p4 --mode $SELECT_MODE`), train (stock verl main_ppo with grpo.yaml on the selection),
 # train_full (the paper's baseline: the same grpo.yaml on the whole training set; not in the default STAGES).
 # Every path and size below can be set from the environment. ray_job.sh runs this same script as a job on an existing
 # Ray cluster (scoring and training then use the whole cluster); slurm.sbatch starts that cluster on a SLURM allocation.
@@ -22,11 +22,9 @@ FULL_EPOCHS="${FULL_EPOCHS:-30}"                         # train_full: epochs ov
 NNODES="${NNODES:-1}"
 N_GPUS_PER_NODE="${N_GPUS_PER_NODE:-8}"
 SCORE_WORKERS="${SCORE_WORKERS:-$((NNODES * N_GPUS_PER_NODE))}"  # Ray scoring workers (0 = in this process)
-SCORE_GPUS_PER_WORKER="${SCORE_GPUS_PER_WORKER:-1}"
-SCORE_BACKEND="${SCORE_BACKEND:-vllm}"                   # CDE's generations: vllm (GPU) | transformers (CPU or GPU)
-SCORE_ARGS="${SCORE_ARGS:-}"                             # extra `verl-difficulty score` flags of both scoring jobs
-CDE_ARGS="${CDE_ARGS:-}"                                 # ... of the CDE job only (e.g. vLLM's --backend-kwargs)
-ACE_ARGS="${ACE_ARGS:-}"                                 # ... of the ACE job only (transformers)
+SCORE_GPUS_PER_WORKER="${SCORE_GPUS_PER_WORKER-1}"  # set but empty: no --gpus-per-worker (CPU workers)
+SCORE_BACKEND="${SCORE_BACKEND:-vllm}"                   # the score job's sampling: vllm (GPU) | transformers (CPU/GPU)
+SCORE_ARGS="${SCORE_ARGS:-}"                             # extra `verl-difficulty score` flags (win over the recipe's)
 SELECT_ARGS="${SELECT_ARGS:-}"                           # extra `verl-difficulty select p4` flags
 TRAIN_OVERRIDES="${TRAIN_OVERRIDES:-}"                   # extra hydra overrides of main_ppo (space-separated)
 STAGES="${STAGES:-prepare score select train}"           # add train_full for the full-data baseline
@@ -36,21 +34,11 @@ PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m verl_difficulty.cli recipes check "$RECIPE"
 mkdir -p "$WORK"
 read -r -a score_args <<< "$SCORE_ARGS"
-read -r -a cde_args <<< "$CDE_ARGS"
-read -r -a ace_args <<< "$ACE_ARGS"
 read -r -a select_args <<< "$SELECT_ARGS"
 read -r -a train_overrides <<< "$TRAIN_OVERRIDES"
 has_stage() { [[ " $STAGES " == *" $1 "* ]]; }
 SCORED="$WORK/scores/cde_ace/scored.parquet"             # training rows + CDE and ACE columns
 SELECTION="$WORK/select_$SELECT_MODE"
-score() {  # score INPUT OUTPUT SCORER BACKEND JOB_ARGS_ARRAY RECIPE_FLAGS...: one job on Ray (honours $RAY_ADDRESS);
-  # later flags win: the recipe's, then SCORE_ARGS, then the job's own CDE_ARGS/ACE_ARGS
-  local input="$1" output="$2" scorer="$3" backend="$4"; local -n job_args="$5"; shift 5
-  "$PYTHON" -m verl_difficulty.cli score "$input" -o "$output" --model "$MODEL_PATH" --scorers "$scorer" \
-    --backend "$backend" --reward math_acc_format "$@" \
-    --num-workers "$SCORE_WORKERS" ${SCORE_GPUS_PER_WORKER:+--gpus-per-worker "$SCORE_GPUS_PER_WORKER"} \
-    "${score_args[@]}" "${job_args[@]}"
-}
 
 if has_stage prepare; then
   echo "[$RECIPE] prepare: $SOURCE -> $WORK/data"
@@ -58,16 +46,18 @@ if has_stage prepare; then
 fi
 
 if has_stage score; then
-  # Both graded by the training reward (0.9 accuracy + 0.1 format), which also records the correct-AND-formatted counts
+  # Graded by the training reward (0.9 accuracy + 0.1 format), which also records the correct-AND-formatted counts
   # the official selection uses; 2048 new tokens = the official max_response_length of the scoring pass (EasyR1's
-  # trainer.eval run with the training config). Two jobs: vLLM does not expose attention weights, so ACE's
-  # teacher-forced pass needs the transformers backend, while CDE's 10 generations per row are best served by vLLM.
-  echo "[$RECIPE] score: cde ($SCORE_BACKEND) on $WORK/data/train.parquet"
-  score "$WORK/data/train.parquet" "$WORK/scores/cde" cde "$SCORE_BACKEND" cde_args \
-    --cde-m 5 --cde-temperature 1.0 --cde-max-tokens 2048
-  echo "[$RECIPE] score: ace (transformers) on $WORK/scores/cde/scored.parquet"
-  score "$WORK/scores/cde/scored.parquet" "$WORK/scores/cde_ace" ace transformers ace_args \
-    --ace-temperature 1.0 --ace-max-tokens 2048 --ace-sigma 2.0 --ace-layer -1 --ace-heads mean
+  # trainer.eval run with the training config). One job on Ray (honours $RAY_ADDRESS): $SCORE_BACKEND samples CDE's
+  # 10 generations and ACE's response per row; on vllm (no attention weights) each worker also loads a transformers
+  # copy of the checkpoint for ACE's teacher-forced pass (vLLM then takes 0.5 of the GPU by default; see README).
+  echo "[$RECIPE] score: cde,ace ($SCORE_BACKEND) on $WORK/data/train.parquet -> $SCORED"
+  "$PYTHON" -m verl_difficulty.cli score "$WORK/data/train.parquet" -o "$WORK/scores/cde_ace" --model "$MODEL_PATH" \
+    --scorers cde,ace --backend "$SCORE_BACKEND" --reward math_acc_format \
+    --cde-m 5 --cde-temperature 1.0 --cde-max-tokens 2048 \
+    --ace-temperature 1.0 --ace-max-tokens 2048 --ace-sigma 2.0 --ace-layer -1 --ace-heads mean \
+    --num-workers "$SCORE_WORKERS" ${SCORE_GPUS_PER_WORKER:+--gpus-per-worker "$SCORE_GPUS_PER_WORKER"} \
+    "${score_args[@]}"
 fi
 
 if has_stage select; then

@@ -4,7 +4,8 @@ Each case runs ``recipes/<name>/run_qwen2_5_vl_7b.sh`` -- the script a user runs
 ``VERL_PLATFORM=cpu``, a tiny Qwen2.5-VL built and warmed up in code, the synthetic image data (known difficulty
 levels), ``STAGES`` naming the stages of the case and ``TRAIN_OVERRIDES`` = :func:`tiny_cpu_overrides` (the plugin's
 CPU backend instead of vLLM/CUDA, 4 prompts x 4 responses, 24 response tokens, 1 step). Nothing is mocked: the
-scoring engine, the selection, stock ``python -m verl.trainer.main_ppo`` (and verl's SFT trainer for P1) with Ray,
+scoring engine, the selection, stock ``python -m verl.trainer.main_ppo`` (and verl's SFT trainer under torchrun for
+P1, :func:`tiny_cpu_sft_overrides`) with Ray,
 TransferQueue, the reward loop and the plugin's trainer mode, estimators, sampler and reward managers all run.
 
 The cases of one recipe share a work directory and run in order (score -> select -> train ...), so every recipe's
@@ -42,6 +43,7 @@ class Case:
     env: dict = field(default_factory=dict)
     check: Optional[Callable[[dict, Path], None]] = None  # (last training metrics or {}, work dir)
     trains: bool = True
+    save_freq: int = -1  # a stage that the next one starts from keeps its checkpoint (P2's stage 1)
 
     @property
     def id(self) -> str:
@@ -59,6 +61,74 @@ def _train_step(records: list[dict]) -> dict:
     bad = [k for k, v in data.items() if isinstance(v, float) and not math.isfinite(v)]
     assert not bad, f"non-finite metrics: {bad}"
     return data
+
+
+# ---- P1 PISM + CMAB ------------------------------------------------------------------------------------------------
+
+def _p1_scored(_: dict, work: Path) -> None:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(work / "scores" / "scored.parquet").to_pylist()
+    assert len(rows) == 64
+    assert {r["extra_info"]["pism_bucket"] for r in rows} <= {"easy", "medium", "hard", "unsolved"}
+    assert all("cmab_bucket" in r["extra_info"] for r in rows)  # both scorers in one job
+
+
+def _p1_selected(_: dict, work: Path) -> None:
+    import pyarrow.parquet as pq
+
+    sel = work / "selection"
+    train = pq.read_table(sel / "train.parquet").to_pylist()
+    assert train and {r["extra_info"]["difficulty_bucket"] for r in train} <= {"medium", "hard"}
+    assert pq.read_table(sel / "subsets" / "random.parquet").num_rows == len(train)  # same-size baseline
+    assert "messages" in pq.read_table(sel / "sft.parquet").column_names  # verl's multi-turn SFT format
+
+
+def _p1_sft(_: dict, work: Path) -> None:
+    records = _metrics(work / "sft.metrics.jsonl")
+    losses = [r["data"]["train/loss"] for r in records if "train/loss" in r["data"]]
+    assert losses and all(math.isfinite(x) for x in losses)
+    step = (work / "checkpoints" / "sft" / "latest_checkpointed_iteration.txt").read_text().strip()
+    assert (work / "checkpoints" / "sft" / f"global_step_{step}" / "huggingface" / "config.json").exists()
+
+
+def _p1_after_sft(d: dict, work: Path) -> None:
+    assert "checkpoints/sft/global_step_" in (work / "train_after_sft.log").read_text()  # started from the SFT model
+    assert d["difficulty/sampler/batch_frac/hard"] == 1.0  # grpo.parquet = the hard bucket
+
+
+P1_SCORE = {"SCORE_BACKEND": "transformers", "SCORE_ARGS": "--device cpu --no-progress --pism-k 2 "
+            "--pism-ratios 0.0,0.3,0.6 --pism-max-tokens 24 --cmab-max-tokens 24"}
+
+
+# ---- P2 difficulty prior -------------------------------------------------------------------------------------------
+
+def _p2_selected(_: dict, work: Path) -> None:
+    import pyarrow.parquet as pq
+
+    stage1 = pq.read_table(work / "selection" / "stage1.parquet").to_pylist()
+    stage2 = pq.read_table(work / "selection" / "stage2.parquet").to_pylist()
+    assert len(stage1) == 4 and len(stage2) == 4
+    rates = [[r["extra_info"]["pass_rate"] for r in rows] for rows in (stage1, stage2)]
+    assert all(0.1 <= p <= 0.87 for p in rates[0] + rates[1])  # the U-shape band
+    assert max(rates[1]) <= min(rates[0])  # stage 2 = the hardest band rows
+
+
+def _p2_stage1(d: dict, work: Path) -> None:
+    assert "difficulty/weighting/weight_mean" in d  # difficulty_weighted advantages
+    assert d.get("difficulty/hints/applied", 0.0) == 0.0  # no hints in stage 1
+    assert (work / "checkpoints" / "stage1" / "latest_checkpointed_iteration.txt").exists()
+
+
+def _p2_stage2(d: dict, work: Path) -> None:
+    assert "checkpoints/stage1/global_step_1/actor/huggingface" in (work / "stage2.log").read_text()
+    assert d["difficulty/hints/applied"] == 4.0  # every stage-2 prompt carries the hint
+    assert "difficulty/weighting/weight_mean" in d
+
+
+# pass@8 as in the recipe (the tiny model is right ~2% of the time: fewer rollouts leave too few rows in the band)
+P2_SCORE = {"SCORE_BACKEND": "transformers", "SCORE_ARGS": "--device cpu --no-progress --passk-max-tokens 24"}
+P2_SIZES = {"STAGE1_SIZE": "4", "STAGE2_SIZE": "4"}
 
 
 # ---- P3 Durian ----------------------------------------------------------------------------------------------------
@@ -110,6 +180,16 @@ P4_SCORE = {"SCORE_BACKEND": "transformers",
 
 
 CASES: list[Case] = [
+    Case("p1_pism_cmab", "score", "score", "answer", env=P1_SCORE, check=_p1_scored, trains=False),
+    Case("p1_pism_cmab", "select", "select", "answer", check=_p1_selected, trains=False),
+    Case("p1_pism_cmab", "grpo_medium_hard", "train", "answer"),
+    Case("p1_pism_cmab", "sft", "sft", "answer", env={"SFT_TRAINER": "torchrun", "N_GPUS_PER_NODE": "1"},
+         check=_p1_sft, trains=False),
+    Case("p1_pism_cmab", "train_after_sft", "train_after_sft", "answer", check=_p1_after_sft),
+    Case("p2_difficulty_prior", "score", "score", "boxed", env=P2_SCORE, trains=False),
+    Case("p2_difficulty_prior", "select", "select", "boxed", env=P2_SIZES, check=_p2_selected, trains=False),
+    Case("p2_difficulty_prior", "stage1", "stage1", "boxed", save_freq=1, check=_p2_stage1),
+    Case("p2_difficulty_prior", "stage2", "stage2", "boxed", check=_p2_stage2),
     Case("p3_durian", "score", "score", "boxed", check=_p3_scored, trains=False),
     Case("p3_durian", "durian_grpo", "train", "boxed", env={"VARIANT": "grpo"}, check=_p3_durian),
     Case("p3_durian", "durian_dapo", "train", "boxed", env={"VARIANT": "dapo"}, check=_p3_dapo),
@@ -152,7 +232,7 @@ def _work(tiny: dict, recipe: str) -> Path:
 
 
 def _tiny_env(tiny: dict, case: Case, work: Path, metrics: Path) -> dict:
-    from verl_difficulty.cpu.recipe_overrides import tiny_cpu_overrides
+    from verl_difficulty.cpu.recipe_overrides import tiny_cpu_overrides, tiny_cpu_sft_overrides
 
     env = dict(os.environ)
     env.update(
@@ -167,7 +247,8 @@ def _tiny_env(tiny: dict, case: Case, work: Path, metrics: Path) -> dict:
         SCORE_WORKERS="0",
         SCORE_GPUS_PER_WORKER="",
         SCORE_ARGS="--device cpu --no-progress",
-        TRAIN_OVERRIDES=" ".join(tiny_cpu_overrides(steps=1)),
+        TRAIN_OVERRIDES=" ".join(tiny_cpu_overrides(steps=1, save_freq=case.save_freq)),
+        SFT_OVERRIDES=" ".join(tiny_cpu_sft_overrides()),
     )
     env.update(case.env)
     return env

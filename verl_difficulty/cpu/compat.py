@@ -10,6 +10,10 @@ CPU platform only (installed only when ``VERL_PLATFORM=cpu``, via ``plugin.CPU_O
    is ``f"cpu:gloo,{device}:{backend}"`` (``verl/utils/distributed.py:89``). With device ``cpu`` that is
    ``"cpu:gloo,cpu:gloo"``, which torch 2.11 rejects ("Duplicate device type cpu"). On the CPU platform the default
    becomes ``"cpu:gloo"``.
+1b. The same string in the torchrun path: ``verl/utils/distributed.py:63-64`` ``initialize_global_process_group()``
+   (verl's SFT trainer, ``verl/trainer/sft_trainer.py:453``, imports it at call time) builds
+   ``f"cpu:gloo,{device}:{backend}"`` with no backend argument; on the CPU platform it is rebound to a function that
+   initialises ``cpu:gloo`` from the same torchrun environment (:func:`patch_torchrun_process_group_init`).
 
 Every platform (not CPU specific; via ``plugin.REGISTRATIONS``, hook on ``verl.utils.tensordict_utils``):
 
@@ -69,6 +73,33 @@ def patch_process_group_init() -> None:
 
     initialize_global_process_group_ray._verl_difficulty_cpu = True
     engine_workers.initialize_global_process_group_ray = initialize_global_process_group_ray
+
+
+def patch_torchrun_process_group_init() -> None:
+    """``verl.utils.distributed.initialize_global_process_group`` with the ``cpu:gloo`` backend (CPU platform only).
+
+    verl's version takes no backend argument, so this one is ours: the same ``init_process_group`` call (timeout,
+    ``DIST_INIT_METHOD``) and the same return value (local rank, rank, world size from torchrun's environment), minus
+    the device selection a CPU has no use for."""
+    from verl.utils import distributed
+
+    original = distributed.initialize_global_process_group
+    if getattr(original, "_verl_difficulty_cpu", False):
+        return
+
+    @functools.wraps(original)
+    def initialize_global_process_group(timeout_second=36000):
+        import os
+        from datetime import timedelta
+
+        import torch.distributed
+
+        torch.distributed.init_process_group(backend="cpu:gloo", timeout=timedelta(seconds=timeout_second),
+                                             init_method=os.environ.get("DIST_INIT_METHOD", None))
+        return int(os.environ["LOCAL_RANK"]), int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+    initialize_global_process_group._verl_difficulty_cpu = True
+    distributed.initialize_global_process_group = initialize_global_process_group
 
 
 # ------------------------------------------------------------------------------------------------ every platform

@@ -8,7 +8,8 @@ YAML and every method setting in it, and only append these overrides:
   the environment), the ``transformers`` rollout instead of vLLM, FSDP2 in float32 (rollout and actor agree exactly),
   SDPA attention without remove-padding, one Ray process of each kind;
 * **sizes** (:func:`tiny_sizes`): 4 prompts x 4 responses per step, 24 response tokens, a few steps, no validation and
-  no checkpoint unless asked.
+  no checkpoint unless asked;
+* verl's SFT trainer (P1's SFT stage): :func:`tiny_cpu_sft_overrides`.
 
 ``++key=value`` (add or override) is used where a key may be absent from verl's config (the ``transformers`` engine
 kwargs, the model's ``override_config``); plain ``key=value`` everywhere else, so that a key verl renames fails the run
@@ -59,10 +60,11 @@ CPU_BACKEND: tuple[str, ...] = (
 
 
 def tiny_sizes(steps: int = 1, batch: int = 4, n: int = 4, response_length: int = 24,
-               prompt_length: int = 384) -> list[str]:
+               prompt_length: int = 384, save_freq: int = -1) -> list[str]:
     """Size overrides of a tiny run: ``batch`` prompts x ``n`` responses per step for ``steps`` steps.
 
-    ``prompt_length`` 384 leaves room for P2's hint (~90 tokens with the tiny byte-level tokenizer).
+    ``prompt_length`` 384 leaves room for P2's hint (~90 tokens with the tiny byte-level tokenizer). ``save_freq``
+    -1 saves no checkpoint; a stage that the next one starts from (P2's stage 1) needs one (``save_freq=steps``).
     """
     micro = batch * n
     return [
@@ -80,7 +82,7 @@ def tiny_sizes(steps: int = 1, batch: int = 4, n: int = 4, response_length: int 
         "trainer.total_epochs=1",
         "trainer.test_freq=-1",
         "trainer.val_before_train=false",
-        "trainer.save_freq=-1",
+        f"trainer.save_freq={save_freq}",
         "trainer.logger=[console,file]",
     ]
 
@@ -88,3 +90,27 @@ def tiny_sizes(steps: int = 1, batch: int = 4, n: int = 4, response_length: int 
 def tiny_cpu_overrides(steps: int = 1, **sizes) -> list[str]:
     """:data:`CPU_BACKEND` plus :func:`tiny_sizes`: what a recipe's tiny variant appends to its command line."""
     return [*CPU_BACKEND, *tiny_sizes(steps=steps, **sizes)]
+
+
+def tiny_cpu_sft_overrides(batch: int = 2, max_length: int = 512, epochs: int = 1) -> list[str]:
+    """The same for verl's SFT trainer (``verl.trainer.sft_trainer``, config ``sft_trainer_engine``; P1's SFT stage,
+    run with ``torchrun --nproc_per_node=1`` and ``VERL_PLATFORM=cpu``): backend swap (CPU, float32, SDPA without
+    remove-padding, no dataloader workers) and sizes (``batch`` sequences per step, ``max_length`` tokens)."""
+    return [
+        "trainer.device=cpu",
+        "trainer.n_gpus_per_node=1",
+        "trainer.nnodes=1",
+        "engine.model_dtype=fp32",
+        "engine.dtype=float32",
+        "engine.use_torch_compile=false",
+        "model.use_remove_padding=false",
+        "model.enable_gradient_checkpointing=false",
+        "++model.override_config.attn_implementation=sdpa",
+        "data.use_dynamic_bsz=false",
+        "data.num_workers=0",
+        f"data.max_length={max_length}",
+        f"data.train_batch_size={batch}",
+        f"data.micro_batch_size_per_gpu={batch}",
+        f"trainer.total_epochs={epochs}",
+        "trainer.logger=[console,file]",
+    ]

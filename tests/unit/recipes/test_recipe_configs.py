@@ -34,6 +34,9 @@ VERL_FIELDS_NOT_IN_YAML = {
     "actor_rollout_ref.ref.fsdp_config.mixed_precision",
     "model.fsdp_config.mixed_precision",
     "engine.mixed_precision",
+    # verl/utils/dataset/multiturn_sft_dataset.py:104 reads config.get("image_key", "images"); sft_trainer_engine.yaml
+    # does not list it
+    "data.image_key",
 }
 # mappings whose keys are free by design although verl's YAML lists some of them
 OPEN_MAPPINGS = {

@@ -1,17 +1,18 @@
-"""The ``verl-difficulty`` command line: one module per subcommand (``doctor``, ``schema``, ``tiny-model``, ``synth``,
-``smoke``, ``score``), each with ``add_parser(subparsers)``; :func:`main` dispatches."""
+"""The ``verl-difficulty`` command line: one module per subcommand (``demo``, ``doctor``, ``schema``, ``tiny-model``,
+``synth``, ``smoke``, ``score``, ``select``, ``report``, ``recipes``), each with ``add_parser(subparsers)``; :func:`main`
+dispatches."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from verl_difficulty.cli import doctor, recipes, report, schema, score, select, smoke, synth, tiny_model
+from verl_difficulty.cli import demo, doctor, recipes, report, schema, score, select, smoke, synth, tiny_model
 from verl_difficulty.cli.smoke import prepare_smoke, smoke_command, smoke_recipe_dir
 
 __all__ = ["main", "prepare_smoke", "smoke_command", "smoke_recipe_dir"]
 
-SUBCOMMANDS = (doctor, schema, tiny_model, synth, smoke, score, report, select, recipes)
+SUBCOMMANDS = (doctor, schema, tiny_model, synth, smoke, score, report, select, recipes, demo)
 
 
 def main(argv: list[str] | None = None) -> int:

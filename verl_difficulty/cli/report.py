@@ -1,5 +1,7 @@
 """``verl-difficulty report INPUT... -o REPORT_DIR``: plots and tables of scores and selections in one HTML page
-(:mod:`verl_difficulty.report`). Exit 2 naming the input when one cannot be read or none has a known column."""
+(:mod:`verl_difficulty.report`), plus the demo's sections (:func:`verl_difficulty.demo.sections.demo_sections`: they
+draw only for a demo folder's inputs, except the agreement with a ``true_difficulty`` column, which any scored input with
+that column gets). Exit 2 naming the input when one cannot be read or none has a known column."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import sys
 
 
 def _run(args) -> int:
+    from verl_difficulty.demo.sections import demo_sections
     from verl_difficulty.report import EmptyReportError, ReportInputError, build_report
 
     try:
-        result = build_report(args.inputs, args.output, title=args.title)
+        result = build_report(args.inputs, args.output, title=args.title, extra_sections=demo_sections())
     except (ReportInputError, EmptyReportError) as e:
         print(f"verl-difficulty report: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@ import argparse
 import re
 import typing
 
+from verl_difficulty.cli.score import _list_arg as _list_of
+from verl_difficulty.cli.select import param_flag as _flag
 from verl_difficulty.config import ConfigError, describe
 
 EPILOG = """\
@@ -28,19 +30,6 @@ examples:
 
 logs: DIR/logs/<stage>.log (train: train_<run>.log) hold verl's, Ray's and the libraries' own output.
 """
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _list_of(item: type):
-    def convert(text: str) -> list:
-        try:
-            return [item(x.strip()) for x in text.split(",") if x.strip()]
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__} values: {e}") from e
-    return convert
 
 
 def _base(tp):

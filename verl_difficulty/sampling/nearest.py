@@ -152,8 +152,12 @@ class TargetIndex:
     # ------------------------------------------------------------------ building
     def _build(self, rows: np.ndarray) -> None:
         """Sort ``rows`` (ascending, not dirty) by (estimate, row) and count the candidates."""
-        self.order = rows[np.argsort(self.est[rows], kind="stable").astype(np.int32)].astype(np.int32, copy=False)
-        self.keys = self.est[self.order]
+        keys = self.est[rows]
+        perm = np.argsort(keys, kind="stable")  # ties keep the ascending row order
+        self.order = rows[perm].astype(np.int32, copy=False)
+        del perm  # the peak of a build at 1M rows: free the int64 permutation before anything else is allocated
+        keys.sort()  # equal keys are equal numbers: sorting the values in place gives est[order] without a copy
+        self.keys = keys
         self._index()
 
     def _index(self) -> None:

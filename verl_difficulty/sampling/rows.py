@@ -272,7 +272,8 @@ class Rows:
                 "difficulty sampler: skipping %d bad rows (on_bad_row=skip): %s", self.bad_rows, "; ".join(reasons[:5])
             )
         self.valid = ~bad
-        self._priors: Optional[np.ndarray] = np.where(bad, np.nan, priors)
+        # a copy only when rows were dropped: the caller's array stays alive during the build (no second 8 MB at 1M)
+        self._priors: Optional[np.ndarray] = np.where(bad, np.nan, priors) if self.bad_rows else priors
 
     def pop_priors(self) -> np.ndarray:
         """The offline priors (NaN where absent or bad), handed over once (to the tracker: not kept twice)."""

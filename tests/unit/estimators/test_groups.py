@@ -32,6 +32,7 @@ def _selected(lp, mask, exp):
 @pytest.mark.parametrize("exp", [False, True])
 def test_row_sums_any_block_size_and_mask_dtype(monkeypatch, block_bytes, mask_dtype, exp):
     monkeypatch.setattr(G, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(G, "GUFUNC_MIN_ROWS", 1)  # blocks of 1 and 5 rows: both threads take blocks
     tlr, mask, lp = _ragged_batch()
     m = mask.to(mask_dtype)
     before = m.clone()
@@ -175,6 +176,7 @@ def test_row_sums_work_in_a_forked_child_after_the_parent_used_its_threads(monke
     import multiprocessing as mp
 
     monkeypatch.setattr(G, "BLOCK_BYTES", 4 * 17)  # many blocks: the helper threads are used
+    monkeypatch.setattr(G, "GUFUNC_MIN_ROWS", 1)
     tlr, mask, lp = _ragged_batch()
     parent = G.row_sums(mask, tlr, lp).log_prob_sum
     ctx = mp.get_context("fork")
@@ -184,5 +186,5 @@ def test_row_sums_work_in_a_forked_child_after_the_parent_used_its_threads(monke
 
 
 def _child_sums(mask, tlr, lp):
-    G.BLOCK_BYTES = 4 * 17
+    G.BLOCK_BYTES, G.GUFUNC_MIN_ROWS = 4 * 17, 1
     return G.row_sums(mask, tlr, lp).log_prob_sum

@@ -1,13 +1,15 @@
 """CMAB / ACE forward scorers: batched hook-reduced attention vs one sample at a time with ``output_attentions=True``.
 
-    python benchmarks/forward_scorers.py [--samples 48] [--batch-size 16] [--response-tokens 64]
+    python benchmarks/forward_scorers.py [--samples 32] [--batch-size 16] [--response-tokens 64,512]
                                          [--memory-tokens 2048] [--budget-mib 1024] [--threads N]
 
 Two measurements, same machine, one run:
 
 1. Throughput (samples/s) on the shipped tiny Qwen2.5-VL (2 layers, 4 heads) and on a deeper variant of it
    (``--deep-layers`` 12 layers, ``--deep-heads`` 8 heads, random weights): ``samples`` synthetic rows (image +
-   question, chat template with the system prompt) followed by a response of ``response-tokens`` random tokens.
+   question, chat template with the system prompt) followed by a response of ``response-tokens`` random tokens
+   (each length of the list: 64 is a short answer, 512 a reasoning response of the length the papers decode, up to
+   1024 new tokens).
    * ours: :func:`verl_difficulty.scoring.scorers.cmab.attention_balance` (paper mode) and
      :meth:`AceScorer.measure` (the scorers' own code path): batches of ``batch-size`` requests, attention reduced
      inside the per-layer hooks;
@@ -234,7 +236,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--response-tokens", type=int, default=64)
+    ap.add_argument("--response-tokens", default="64,512", help="comma list of response lengths")
     ap.add_argument("--deep-layers", type=int, default=12)
     ap.add_argument("--deep-heads", type=int, default=8)
     ap.add_argument("--memory-tokens", type=int, default=2048)
@@ -256,16 +258,25 @@ def main() -> None:
           f"batch {args.batch_size}, response {args.response_tokens} tokens, best of {args.repeats}")
     print("official = one sample per pass with output_attentions=True, reduced per layer with torch; official loop = "
           "the same, reduced row by row in Python (the released code's loop structure)")
-    print(f"{'model':<22}{'scorer':<7}{'ours/s':>9}{'official/s':>12}{'speedup':>9}{'loop/s':>9}{'speedup':>9}"
-          f"{'max rel diff':>14}")
+    print(f"{'model':<22}{'resp':>5} {'scorer':<7}{'ours/s':>9}{'official/s':>12}{'speedup':>9}{'loop/s':>9}"
+          f"{'speedup':>9}{'max rel diff':>14}")
+    lengths = [int(x) for x in str(args.response_tokens).split(",") if x.strip()]
+    rows = []
     for label, layers, heads in (("tiny (2 L, 4 H)", 0, 0),
                                  (f"deep ({args.deep_layers} L, {args.deep_heads} H)", args.deep_layers,
                                   args.deep_heads)):
         fwd = build(tiny, layers, heads)
-        reqs = make_requests(fwd, args.samples, args.response_tokens)
-        for r in throughput(fwd, reqs, args.batch_size, args.repeats):
-            print(f"{label:<22}{r['scorer']:<7}{r['ours_sps']:>9.1f}{r['official_sps']:>12.1f}"
-                  f"{r['speedup']:>8.1f}x{r['loop_sps']:>9.1f}{r['loop_speedup']:>8.1f}x{r['max_rel_diff']:>14.1e}")
+        for n_resp in lengths:
+            reqs = make_requests(fwd, args.samples, n_resp)
+            for r in throughput(fwd, reqs, args.batch_size, args.repeats):
+                rows.append(r)
+                print(f"{label:<22}{n_resp:>5} {r['scorer']:<7}{r['ours_sps']:>9.1f}{r['official_sps']:>12.1f}"
+                      f"{r['speedup']:>8.1f}x{r['loop_sps']:>9.1f}{r['loop_speedup']:>8.1f}x"
+                      f"{r['max_rel_diff']:>14.1e}")
+    for key, what in (("speedup", "official (vectorised)"), ("loop_speedup", "official loop")):
+        lo, hi = min(r[key] for r in rows), max(r[key] for r in rows)
+        print(f"target >= 5x vs {what}: {lo:.1f}x .. {hi:.1f}x: "
+              f"{'OK' if lo >= 5 else 'met on ' + str(sum(r[key] >= 5 for r in rows)) + ' of ' + str(len(rows))}")
     mem = memory(tiny, args.deep_layers, args.deep_heads, args.memory_tokens)
     t = mem[0]["T"]
     layer_mib = args.deep_heads * t * t * 4 / MIB

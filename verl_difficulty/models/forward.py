@@ -9,10 +9,12 @@ calls ``on_layer(capture)`` once per decoder layer, with
   default all of them, ``(B, heads, T, T)``. Attention weights exist only with ``attn_implementation="eager"`` or
   :data:`ROW_ATTENTION` (SDPA / flash attention never materialise them); otherwise the pass raises a ValueError saying
   so. A callback that reads only some query rows or some layers declares it with :func:`reads_attention`; the pass
-  then runs :data:`ROW_ATTENTION` (an eager model is switched to it for the pass): every layer's output is computed
-  with torch SDPA, and only the declared layers also compute the probabilities of the declared query rows,
+  then runs :data:`ROW_ATTENTION` (an eager model is switched to it for the pass): the layers not declared run torch
+  SDPA; a declared layer computes the probabilities of the declared query rows,
   ``softmax(q_rows k^T * scale + mask_rows)`` exactly as eager attention does (GQA keys repeated, the same causal /
-  padding mask). ``capture.attentions`` is then the block ``(B, heads, T - q0, T)`` of the query positions ``q0 ..
+  padding mask), and takes those rows' output from them (SDPA for the rows before), so every score is computed once.
+  With key weights declared no probability is materialised at all: SDPA attends to the weights as if they were
+  values (see :func:`row_attention_forward`). ``capture.attentions`` is then the block ``(B, heads, T - q0, T)`` of the query positions ``q0 ..
   T - 1``, ``q0 = capture.query_offset`` (responses end every row of a left-padded batch, so the response rows are
   the last ones), and None in the layers not declared;
 * ``capture.hidden_states``: that layer's output hidden states ``(B, T, D)``; with ``hidden_states=True`` the callback
@@ -134,28 +136,79 @@ def _declared_layers(layers, num_layers: int) -> set[int]:
 def row_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
                           scaling: Optional[float] = None, **kwargs):
-    """The :data:`ROW_ATTENTION` function: the output by SDPA (``transformers``' sdpa attention, unchanged), and for a
-    module marked for this pass also the probabilities of the query rows q0..Q-1, computed as eager attention does
-    (keys repeated for GQA, ``q k^T * scale + mask``, float32 softmax, cast to the query dtype); else None."""
+    """The :data:`ROW_ATTENTION` function.
+
+    A module not marked for this pass: ``transformers``' SDPA attention, unchanged (output, None). A module marked
+    with query rows ``q0..Q-1``: the probabilities of those rows are computed as eager attention does (keys repeated
+    for GQA, ``q k^T * scale + mask``, float32 softmax, cast to the query dtype) and give those rows' output
+    (``probs @ v``, as eager); the rows before ``q0`` attend only to keys before ``q0`` (causal), so their output is
+    SDPA over that ``q0 x q0`` block. Every attention score is computed once. Returns (output, probabilities), or
+    (output, probabilities @ key weights) when the plan carries key weights."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                    **kwargs)
     plan = getattr(module, _ROWS_ATTR, None)
     if plan is None:
-        return out, None
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
     q0, weights_of_keys = plan
     q0 = max(0, min(int(q0), query.shape[2]))
-    keys = repeat_kv(key, getattr(module, "num_key_value_groups", 1))
+    if weights_of_keys is not None:
+        return _key_mass_attention(module, query, key, value, attention_mask, q0, weights_of_keys, dropout, scaling,
+                                   **kwargs)
+    groups = getattr(module, "num_key_value_groups", 1)
+    keys, values = repeat_kv(key, groups), repeat_kv(value, groups)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     weights = torch.matmul(query[:, :, q0:], keys.transpose(2, 3)).mul_(scale)  # eager's operations, in place
     if attention_mask is not None:
         weights.add_(attention_mask[:, :, q0:, : keys.shape[-2]])
     probs = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    if weights_of_keys is not None:  # per head: probabilities @ key weights (float32), the probabilities dropped here
-        w = weights_of_keys.to(device=query.device, dtype=torch.float32)[:, None]
-        return out, torch.matmul(probs.float(), w)
+    del weights
+    rows_out = torch.matmul(probs, values).transpose(1, 2)  # (B, Q - q0, heads, d), eager's layout
+    if q0:
+        mask = None if attention_mask is None else attention_mask[:, :, :q0, :q0]
+        head, _ = sdpa_attention_forward(module, query[:, :, :q0], key[:, :, :q0], value[:, :, :q0], mask,
+                                         dropout=dropout, scaling=scaling, **kwargs)
+        out = torch.cat([head, rows_out], dim=1)
+    else:
+        out = rows_out.contiguous()
     return out, probs
+
+
+def _key_mass_attention(module, query, key, value, attention_mask, q0, weights_of_keys, dropout, scaling, **kwargs):
+    """Output and per-head key mass ``softmax(q k^T * scale + mask) @ W`` of the rows ``q0..`` without materialising
+    a probability: the layer's output by SDPA (unchanged), and the key weights ``W`` (B, T, M) attended to like
+    values by a second SDPA in float32 over the rows ``q0..`` (W padded with zero channels to the head size, which
+    torch's fused CPU kernel needs). Returns (output, (B, heads, Q - q0, M) float32)."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    batch, heads, _, head_dim = query.shape
+    n_keys, n_sets = key.shape[2], weights_of_keys.shape[-1]
+    scale = scaling if scaling is not None else head_dim ** -0.5
+    groups = getattr(module, "num_key_value_groups", 1)
+    mask = None if attention_mask is None else attention_mask[:, :, :, :n_keys]
+    if query.dtype == torch.float32 and dropout == 0.0 and n_sets <= head_dim:
+        # one fused pass: queries and keys padded with zeros (scores unchanged), values = [v, W, 0]
+        zeros = query.new_zeros(batch, heads, max(query.shape[2], n_keys), head_dim)
+        q = torch.cat([query, zeros[:, :, : query.shape[2]]], dim=-1)
+        k = torch.cat([repeat_kv(key, groups), zeros[:, :, :n_keys]], dim=-1)
+        w = weights_of_keys.to(device=query.device, dtype=torch.float32)[:, None, :n_keys].expand(-1, heads, -1, -1)
+        v = torch.cat([repeat_kv(value, groups), w, zeros[:, :, :n_keys, n_sets:]], dim=-1)
+        both = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        return (both[..., :head_dim].transpose(1, 2).contiguous(),
+                both[:, :, q0:, head_dim : head_dim + n_sets])
+    out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                    **kwargs)
+    width = -(-n_sets // head_dim) * head_dim
+    w = torch.zeros(batch, 1, n_keys, width, device=query.device, dtype=torch.float32)
+    w[..., :n_sets] = weights_of_keys.to(device=query.device, dtype=torch.float32)[:, None, :n_keys]
+    keys = repeat_kv(key, groups).float()
+    q = query[:, :, q0:].float()
+    mask = None if mask is None else mask[:, :, q0:].float()
+    pieces = [torch.nn.functional.scaled_dot_product_attention(
+        q, keys, w[..., c : c + head_dim].expand(batch, heads, n_keys, head_dim), attn_mask=mask, scale=scale)
+        for c in range(0, width, head_dim)]
+    mass = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+    return out, mass[..., :n_sets]
 
 
 def register_row_attention() -> None:

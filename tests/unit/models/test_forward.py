@@ -194,3 +194,42 @@ def test_row_attention_outputs_equal_sdpa_and_reads_only_declared_layers(parts, 
     assert fwd.model.config.vision_config._attn_implementation == "eager"
     text = [s for s in softmaxes if len(s) == 4 and s[0] == len(requests)]  # (a vision-tower chunk has batch 1)
     assert text == [seen[n - 1][0].shape]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_key_mass_inside_the_attention_function_equals_eager_and_keeps_layer_outputs(parts, requests, dtype):
+    """Declared key weights: the attention function returns ``probabilities @ W`` per head (float32: one fused SDPA
+    pass with W as extra value channels; bfloat16: a second SDPA in float32 over the declared rows) equal to eager's
+    probabilities times W, and every layer's output stays SDPA's (the response rows included)."""
+    from verl_difficulty.models.forward import ROW_ATTENTION, reads_attention
+
+    path, tok, proc = parts
+    rows = HFForward(load_generation_model(path, dtype=dtype, attn_implementation=ROW_ATTENTION), tok, proc)
+    sdpa = HFForward(load_generation_model(path, dtype=dtype, attn_implementation="sdpa"), tok, proc)
+    eager = HFForward(load_generation_model(path, dtype=dtype, attn_implementation="eager"), tok, proc)
+    batch, inputs = rows._batch(requests)
+    keep = batch.attention_mask
+    weights = torch.stack([batch.image_mask, batch.prompt_mask & ~batch.image_mask], dim=-1).float()
+    weights[..., 1] /= weights[..., 1].sum(1, keepdim=True).clamp(min=1)  # a non-0/1 weight column as well
+    with torch.no_grad():
+        want = sdpa.model.model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
+        probs = eager.model.model(**inputs, output_attentions=True, use_cache=False).attentions
+    got, hidden = {}, {}
+
+    @reads_attention(rows="response", keys=lambda b: weights)
+    def on_layer(c):
+        if c.layer >= 0:
+            got[c.layer], hidden[c.layer] = (c.key_mass, c.query_offset), c.hidden_states
+        return [None] * c.batch.size
+
+    rows.forward(requests, on_layer, attentions=True, hidden_states=True)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=0, atol=2e-2)
+    for layer, (mass, q0) in got.items():
+        assert mass.dtype == torch.float32 and mass.shape[-1] == 2
+        expect = torch.matmul(probs[layer][:, :, q0:].float(), weights[:, None])
+        valid = keep[:, q0:]
+        torch.testing.assert_close(mass[valid.unsqueeze(1).expand_as(mass[..., 0])], 
+                                   expect[valid.unsqueeze(1).expand_as(expect[..., 0])], **tol)
+        if layer + 1 < len(want) - 1:  # the last entry of hidden_states is after the final norm
+            torch.testing.assert_close(hidden[layer][keep].float(), want[layer + 1][keep].float(),
+                                       **(dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else tol))

@@ -2,6 +2,7 @@
 
     python benchmarks/forward_scorers.py [--samples 32] [--batch-size 16] [--response-tokens 64,512]
                                          [--memory-tokens 2048] [--budget-mib 1024] [--threads N]
+                                         [--device cpu|cuda] [--dtype float32|bfloat16|float16]
 
 Two measurements, same machine, one run:
 
@@ -49,8 +50,10 @@ from verl_difficulty.scoring.scorers.cmab import CmabParams, attention_balance, 
 MIB = 2**20
 
 
-def build(tiny: str, layers: int = 0, heads: int = 0) -> HFForward:
-    """The tiny checkpoint (``layers == 0``) or its architecture with more layers/heads, eager attention."""
+def build(tiny: str, layers: int = 0, heads: int = 0, device: str = "cpu",
+          dtype: torch.dtype = torch.float32) -> HFForward:
+    """The tiny checkpoint (``layers == 0``) or its architecture with more layers/heads, eager attention, on
+    ``device`` in ``dtype``."""
     from transformers import AutoConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from verl_difficulty.models.generation import load_generation_model
@@ -58,7 +61,7 @@ def build(tiny: str, layers: int = 0, heads: int = 0) -> HFForward:
 
     tok, proc = _load_processor(tiny)
     if not layers:
-        return HFForward(load_generation_model(tiny, attn_implementation="eager"), tok, proc)
+        return HFForward(load_generation_model(tiny, dtype=dtype, attn_implementation="eager").to(device), tok, proc)
     cfg = AutoConfig.from_pretrained(tiny).to_dict()
     text = {k: v for k, v in cfg["text_config"].items() if k != "layer_types"}
     hidden = 16 * heads  # head dim 16, as the tiny model (its rotary sections)
@@ -68,7 +71,7 @@ def build(tiny: str, layers: int = 0, heads: int = 0) -> HFForward:
     cfg["vision_config"]["out_hidden_size"] = hidden
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration._from_config(Qwen2_5_VLConfig(**cfg), attn_implementation="eager")
-    return HFForward(model.eval(), tok, proc)
+    return HFForward(model.to(device=device, dtype=dtype).eval(), tok, proc)
 
 
 def make_requests(fwd: HFForward, n: int, response_tokens: int, seed: int = 0) -> list[ForwardRequest]:
@@ -99,7 +102,7 @@ def official(fwd: HFForward, req: ForwardRequest, which: str) -> float:
     n_prompt = len(req.prompt_ids)
     if which == "ace":
         a = att[-1][0].float().mean(0)[n_prompt:, n_prompt:]
-        return ace_score(a.double().numpy())
+        return ace_score(a.double().cpu().numpy())
     ids = torch.tensor(req.prompt_ids, device=att[0].device)
     img = ids == fwd.image_token_id
     logs = []
@@ -148,10 +151,17 @@ def _best_of(repeats: int, fn) -> tuple[float, list]:
     """(min wall time over ``repeats`` calls, the last result): the machine is shared, the minimum is the cost."""
     best, got = float("inf"), None
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         got = fn()
+        _sync()
         best = min(best, time.perf_counter() - t0)
     return best, got
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def throughput(fwd: HFForward, reqs: list, batch_size: int, repeats: int) -> list[dict]:
@@ -206,8 +216,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def memory_child(tiny: str, path: str, layers: int, heads: int, tokens: int) -> dict:
-    fwd = build(tiny, layers, heads)
+def memory_child(tiny: str, path: str, layers: int, heads: int, tokens: int, device: str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> dict:
+    fwd = build(tiny, layers, heads, device, dtype)
     req = make_requests(fwd, 1, 8)[0]
     req.response_ids = (req.response_ids * tokens)[: max(1, tokens - len(req.prompt_ids))]
     probe = AliveAttention(fwd.model)
@@ -222,11 +233,11 @@ def memory_child(tiny: str, path: str, layers: int, heads: int, tokens: int) -> 
             "attention_peak_mib": probe.peak / MIB, "rss_growth_mib": peak - before}
 
 
-def memory(tiny: str, layers: int, heads: int, tokens: int) -> list[dict]:
+def memory(tiny: str, layers: int, heads: int, tokens: int, device: str, dtype: str) -> list[dict]:
     out = []
     for path in ("hooks", "official"):
         cmd = [sys.executable, __file__, "--_memory-child", path, "--_tiny", tiny, "--deep-layers", str(layers),
-               "--deep-heads", str(heads), "--memory-tokens", str(tokens)]
+               "--deep-heads", str(heads), "--memory-tokens", str(tokens), "--device", device, "--dtype", dtype]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
@@ -243,18 +254,23 @@ def main() -> None:
     ap.add_argument("--budget-mib", type=float, default=1024.0, help="attention-memory budget to compare against")
     ap.add_argument("--repeats", type=int, default=3, help="timed repeats per path (the minimum is reported)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the models and all passes)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--_memory-child", dest="child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_tiny", dest="tiny", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
     if args.child:
-        print(json.dumps(memory_child(args.tiny, args.child, args.deep_layers, args.deep_heads, args.memory_tokens)))
+        print(json.dumps(memory_child(args.tiny, args.child, args.deep_layers, args.deep_heads, args.memory_tokens,
+                                      args.device, dtype)))
         return
     from verl_difficulty.models.tiny import build_tiny_model_dir
 
     tiny = build_tiny_model_dir(os.path.join(tempfile.gettempdir(), "vd-bench-tiny"))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; {args.samples} samples, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device} {args.dtype}; "
+          f"{args.samples} samples, "
           f"batch {args.batch_size}, response {args.response_tokens} tokens, best of {args.repeats}")
     print("official = one sample per pass with output_attentions=True, reduced per layer with torch; official loop = "
           "the same, reduced row by row in Python (the released code's loop structure)")
@@ -265,7 +281,7 @@ def main() -> None:
     for label, layers, heads in (("tiny (2 L, 4 H)", 0, 0),
                                  (f"deep ({args.deep_layers} L, {args.deep_heads} H)", args.deep_layers,
                                   args.deep_heads)):
-        fwd = build(tiny, layers, heads)
+        fwd = build(tiny, layers, heads, args.device, dtype)
         for n_resp in lengths:
             reqs = make_requests(fwd, args.samples, n_resp)
             for r in throughput(fwd, reqs, args.batch_size, args.repeats):
@@ -277,11 +293,11 @@ def main() -> None:
         lo, hi = min(r[key] for r in rows), max(r[key] for r in rows)
         print(f"target >= 5x vs {what}: {lo:.1f}x .. {hi:.1f}x: "
               f"{'OK' if lo >= 5 else 'met on ' + str(sum(r[key] >= 5 for r in rows)) + ' of ' + str(len(rows))}")
-    mem = memory(tiny, args.deep_layers, args.deep_heads, args.memory_tokens)
+    mem = memory(tiny, args.deep_layers, args.deep_heads, args.memory_tokens, args.device, args.dtype)
     t = mem[0]["T"]
-    layer_mib = args.deep_heads * t * t * 4 / MIB
+    layer_mib = args.deep_heads * t * t * dtype.itemsize / MIB
     print(f"\nmemory, one sample of T = {t} positions, deep model ({args.deep_layers} layers x {args.deep_heads} heads,"
-          f" float32): one layer's attention = {layer_mib:.0f} MiB, all layers = {layer_mib * args.deep_layers:.0f} "
+          f" {args.dtype}): one layer's attention = {layer_mib:.0f} MiB, all layers = {layer_mib * args.deep_layers:.0f} "
           f"MiB; budget {args.budget_mib:.0f} MiB")
     print(f"{'path':<10}{'attention alive peak':>22}{'peak RSS growth':>18}{'fits budget':>13}{'CMAB ratio':>12}")
     for m in mem:

@@ -1,8 +1,9 @@
 """From a public dataset as released to verl RLHF parquet rows: the shared part of every recipe's ``prepare_data.py``.
 
-A recipe script gives a :class:`Job`: the source (:func:`open_source`: a local file or directory as released, parquet
-in the Hugging Face layout ``[data/]<split>-00000-of-00001.parquet`` or jsonl/json plus image folders, or a dataset id
-that ``datasets.load_dataset`` loads, read through Arrow so images keep their bytes), a ``read`` function (one raw
+A recipe script gives a :class:`Job`: the source (:func:`~verl_difficulty.data.sources.open_source`, re-exported
+here: a local file or directory as released, parquet in the Hugging Face layout ``[data/]<split>-00000-of-00001.parquet``
+or jsonl/json plus image folders, or a dataset id that ``datasets.load_dataset`` loads, read through Arrow so images
+keep their bytes), a ``read`` function (one raw
 record -> :class:`SourceRecord`) and a :class:`RowSpec` (data_source, :class:`PromptStyle`: the system prompt and/or
 instruction its reward expects). :func:`cli` reads the records in file order, in batches (flat memory), and writes:
 
@@ -25,7 +26,6 @@ instruction its reward expects). :func:`cli` reads the records in file order, in
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import math
@@ -36,11 +36,13 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from verl_difficulty.data.io import atomic_write, atomic_write_bytes
 from verl_difficulty.data.rows import (ABILITY, GROUND_TRUTH, IMAGE_PLACEHOLDER, PROMPT, REWARD_MODEL, as_list,
                                       validate_row)
+from verl_difficulty.data.sources import (RECORD_MALFORMED, SPLIT_RANKS, HubSplits, JsonlSplits,  # noqa: F401
+                                         ParquetSplits, RecordError, SourceError, Splits, open_source)
 from verl_difficulty.schema import DATA_SOURCE, EXTRA_INFO, IMAGES, PROMPT_ID, TASK_TYPE
 
 # Reasons a source record is skipped (the keys of the summary).
@@ -49,30 +51,16 @@ IMAGE_UNREADABLE = "image: unreadable"
 PLACEHOLDER_MISMATCH = "image: placeholder mismatch"
 ANSWER_MISSING = "answer: missing"
 QUESTION_MISSING = "question: missing"
-RECORD_MALFORMED = "record: malformed"
 ROW_INVALID = "row: invalid"
 
 SPLIT_STRIDE = 10**8  # index distance between the splits of one source (a split holds fewer rows)
 DATASET_STRIDE = 10**12  # unit of RowSpec.index_base: datasets a recipe mixes use different multiples
-_SPLIT_RANKS = {"train": 0, "validation": 1, "val": 1, "dev": 1, "test": 2, "mini_train": 3}
 DEFAULT_VAL_SIZE = 256  # records held out for val.parquet (no validation split, no --val-size)
 OUTPUTS = ("train", "val")
 SUMMARY_FILE = "prepare_summary.json"
 _KEPT_FORMATS = ("PNG", "JPEG")
 _FLUSH_ROWS = 128
 _PROGRESS_MIN = 500
-
-
-class RecordError(Exception):
-    """A source record that cannot become a row: ``kind`` is one of the reason constants, ``detail`` says more."""
-
-    def __init__(self, kind: str, detail: str = ""):
-        super().__init__(f"{kind}: {detail}" if detail else kind)
-        self.kind, self.detail = kind, detail
-
-
-class SourceError(Exception):
-    """The source itself cannot be read (missing path, no data files, unknown format): a usage error."""
 
 
 @dataclass
@@ -249,7 +237,7 @@ def read_problem_answer(raw: dict) -> SourceRecord:
 def split_offset(split: str) -> int:
     """Index offset of a source split: train 0, validation/val/dev 1, test 2, mini_train 3 (x :data:`SPLIT_STRIDE`);
     other names a fixed rank from a CRC32 of the name (16 .. 4111)."""
-    rank = _SPLIT_RANKS.get(split)
+    rank = SPLIT_RANKS.get(split)
     return (16 + zlib.crc32(split.encode("utf-8")) % 4096 if rank is None else rank) * SPLIT_STRIDE
 
 
@@ -301,145 +289,6 @@ def parquet_schema() -> Any:
         (IMAGES, pa.list_(pa.struct([("bytes", pa.binary()), ("path", text)]))), (ABILITY, text),
         (REWARD_MODEL, pa.struct([("style", text), (GROUND_TRUTH, text)])), (EXTRA_INFO, pa.struct(extra)),
     ])
-
-
-# ====================================================================================================================
-# Sources
-# ====================================================================================================================
-class Splits:
-    """Named splits of a source, their record counts and their raw records (dicts; a record that cannot even be
-    parsed comes as a :class:`RecordError`) in source order."""
-
-    label: str = ""
-    roots: list[str]
-
-    def names(self) -> list[str]: ...
-
-    def count(self, split: str) -> int: ...
-
-    def rows(self, split: str) -> Iterator[Any]: ...
-
-    def first(self, split: str) -> Optional[dict]:
-        """The first parseable record of ``split`` (format detection), or None."""
-        return next((r for r in self.rows(split) if isinstance(r, dict)), None)
-
-
-def _split_of(path: str) -> str:
-    """``train-00000-of-00002.parquet`` -> train, ``test.parquet`` -> test, ``default/train/0000.parquet`` -> train."""
-    stem = os.path.basename(path)[: -len(".parquet")]
-    return os.path.basename(os.path.dirname(path)) if stem.isdigit() else re.split(r"-\d{5}-of-\d{5}", stem)[0]
-
-
-class ParquetSplits(Splits):
-    """Parquet files, ``{split: [files in order]}``."""
-
-    def __init__(self, files: dict, roots: list[str], label: str):
-        self.files, self.roots, self.label = files, roots, label
-
-    def names(self) -> list[str]:
-        return sorted(self.files)
-
-    def count(self, split: str) -> int:
-        import pyarrow.parquet as pq
-
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files.get(split, []))
-
-    def rows(self, split: str) -> Iterator[Any]:
-        import pyarrow.parquet as pq
-
-        for f in self.files.get(split, []):
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=64):
-                yield from batch.to_pylist()
-
-
-class JsonlSplits(Splits):
-    """jsonl files (one object per line, blank lines ignored) or json files holding a list of objects, read in name
-    order as one split, ``train``."""
-
-    def __init__(self, files: list[str], roots: list[str], label: str):
-        self.files, self.roots, self.label = sorted(files), roots, label
-
-    def names(self) -> list[str]:
-        return ["train"]
-
-    def count(self, split: str) -> int:
-        return sum(1 for _ in self.rows(split))
-
-    def rows(self, split: str) -> Iterator[Any]:
-        for f in self.files if split == "train" else []:
-            with open(f, encoding="utf-8") as fh:
-                if f.endswith(".json"):
-                    data = json.load(fh)
-                    items: Iterator[Any] = iter(data if isinstance(data, list) else [data])
-                else:
-                    items = (_json_line(line) for line in fh if line.strip())
-                for item in items:
-                    ok = isinstance(item, (dict, RecordError))
-                    yield item if ok else RecordError(RECORD_MALFORMED, "not a JSON object")
-
-
-def _json_line(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError as e:
-        return RecordError(RECORD_MALFORMED, f"invalid JSON line: {e}")
-
-
-class HubSplits(Splits):
-    """A dataset ``datasets.load_dataset`` loads (a Hugging Face dataset id: from the local cache, or downloaded when
-    the network allows), read through Arrow so that images keep their original bytes."""
-
-    def __init__(self, name: str, roots: list[str], cache_dir: Optional[str] = None):
-        import datasets
-
-        try:
-            self.ds = datasets.load_dataset(name, cache_dir=cache_dir)
-        except Exception as e:  # noqa: BLE001 - any loader failure means the source is not readable
-            raise SourceError(f"cannot load {name!r} with datasets.load_dataset: {type(e).__name__}: {e}") from e
-        self.roots, self.label = roots, name
-
-    def names(self) -> list[str]:
-        return sorted(self.ds)
-
-    def count(self, split: str) -> int:
-        return self.ds[split].num_rows if split in self.ds else 0
-
-    def rows(self, split: str) -> Iterator[Any]:
-        for table in self.ds[split].with_format("arrow").iter(batch_size=64) if split in self.ds else []:
-            yield from table.to_pylist()
-
-
-def open_source(source: str, kind: str, image_roots: Optional[list[str]] = None) -> Splits:
-    """The splits of ``source`` for ``kind`` = ``parquet`` or ``jsonl`` (jsonl and json files): one file (a parquet
-    file whose name is no known split counts as train), a directory (its ``data/`` files, else its top-level files,
-    else any below it), or, when no such path exists, a dataset id (parquet only). Relative image paths resolve
-    against the source's directory, then ``image_roots``."""
-    extra = [os.path.abspath(r) for r in image_roots or []]
-    exts = {"parquet": (".parquet",), "jsonl": (".jsonl", ".json")}[kind]
-    if os.path.isfile(source):
-        if not source.endswith(exts):
-            raise SourceError(f"{source} is not a {'/'.join(exts)} file")
-        files, roots = [source], [os.path.dirname(os.path.abspath(source))] + extra
-    elif os.path.isdir(source):
-        files = []
-        for pattern in (("data", "*"), ("*",), ("**", "*")):
-            files = sorted(f for e in exts for f in glob.glob(os.path.join(source, *pattern) + e, recursive=True))
-            if files:
-                break
-        if not files:
-            raise SourceError(f"no {'/'.join(exts)} files under {source}")
-        roots = [os.path.abspath(source)] + extra
-    elif kind == "parquet" and re.fullmatch(r"[\w.-]+/[\w.-]+", source):
-        return HubSplits(source, extra)
-    else:
-        raise SourceError(f"source not found: {source}")
-    if kind == "jsonl":
-        return JsonlSplits(files, roots, source)
-    by_split: dict = {}
-    for f in files:
-        split = _split_of(f)
-        by_split.setdefault(split if len(files) > 1 or split in _SPLIT_RANKS else "train", []).append(f)
-    return ParquetSplits(by_split, roots, source)
 
 
 # ====================================================================================================================

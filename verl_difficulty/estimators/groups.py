@@ -109,8 +109,8 @@ def row_sums(
 
     With ``log_probs``, the mask and the log-probs are reduced together (:func:`_masked_sums_cpu` on CPU: row blocks
     that stay in cache, split over threads, no (bs, T) temporary). A mask of another dtype (verl's is int64) is
-    converted on the way into ``mask_copy``, which becomes the output buffer. The rewards' row sum is one reduction
-    of their own.
+    converted on the way into ``mask_copy``, which becomes the output buffer. The rewards' row sums are taken in the
+    same pass when they have the output dtype (else one reduction of their own).
 
     The masked sum **selects** the tokens with ``mask != 0``: what sits at a masked position (padding, ``-inf``,
     NaN) never enters a response's sum. It is computed as the dot product of the row with its 0/1 mask, which equals
@@ -133,7 +133,7 @@ def row_sums(
         if t is not None and tuple(t.shape) != (bs, T):
             raise ValueError(f"{name} {tuple(t.shape)} must match response_mask {(bs, T)}")
     dev = response_mask.device
-    lengths = lp_sum = mask_copy = None
+    lengths = lp_sum = mask_copy = scores = None
     if log_probs is not None:  # first: its helper threads start before torch's thread pool has work
         lengths = torch.empty(bs, dtype=dtype, device=dev)
         lp_sum = torch.empty(bs, dtype=dtype, device=dev)
@@ -141,11 +141,14 @@ def row_sums(
         args = (response_mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy)
         numpy_ok = all(t.device.type == "cpu" and t.dtype in _NUMPY_OK for t in (response_mask, log_probs))
         if dev.type == "cpu" and dtype in (torch.float32, torch.float64) and numpy_ok:
-            _masked_sums_cpu(*args)
+            # the rewards' row sums ride along in the same pass when they are of the output dtype
+            rewards = token_level_rewards if token_level_rewards is not None and token_level_rewards.dtype == dtype \
+                and token_level_rewards.device.type == "cpu" else None
+            scores = None if rewards is None else torch.empty(bs, dtype=dtype, device=dev)
+            _masked_sums_cpu(*args, rewards, scores)
         else:
             _masked_sums_torch(*args)
-    scores = None
-    if token_level_rewards is not None:
+    if token_level_rewards is not None and scores is None:
         if token_level_rewards.dtype == dtype:  # a matrix-vector product (BLAS gemv): faster than sum
             scores = torch.mv(token_level_rewards, torch.ones(T, dtype=dtype, device=token_level_rewards.device))
         else:  # integer rewards
@@ -171,9 +174,10 @@ def _masked_sums_torch(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_cop
     torch.mv((torch.exp(x) if exp_log_probs else x) * m, ones, out=lp_sum)
 
 
-def _masked_sums_cpu(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy) -> None:
-    """Lengths and mask-weighted log-prob sums on CPU: numpy kernels over row blocks of ``BLOCK_BYTES`` (at least
-    ``GUFUNC_MIN_ROWS`` rows), each row reduction a BLAS dot (``vecdot``).
+def _masked_sums_cpu(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy, rewards=None, scores=None) -> None:
+    """Lengths and mask-weighted log-prob sums on CPU (and, given ``rewards``, their row sums into ``scores``): numpy
+    kernels over row blocks of ``BLOCK_BYTES`` (at least ``GUFUNC_MIN_ROWS`` rows), each row reduction a BLAS dot
+    (``vecdot``).
 
     ``torch.get_num_threads()`` threads take blocks from one shared counter (numpy releases the GIL), so the pass has
     no per-operation thread synchronisation (torch's parallel kernels on every block would wait for the whole thread
@@ -190,6 +194,8 @@ def _masked_sums_cpu(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy)
     rows = max(GUFUNC_MIN_ROWS, BLOCK_BYTES // max(1, T * np.dtype(np_dtype).itemsize))
     convert_x = exp_log_probs or x_src.dtype != np_dtype
     ones = np.ones(T, dtype=np_dtype)
+    r_src = None if rewards is None else rewards.detach().numpy()
+    r_out = None if scores is None else scores.numpy()
 
     n_blocks = -(-bs // rows)
     blocks = itertools.count()  # shared by the threads: each takes the next block (next() is atomic under the GIL)
@@ -214,6 +220,8 @@ def _masked_sums_cpu(mask, log_probs, exp_log_probs, lengths, lp_sum, mask_copy)
                     if exp_log_probs:
                         np.exp(x, out=x)
                 _row_dot(x, m, sum_out[a:b])
+                if r_src is not None:
+                    _row_dot(r_src[a:b], ones, r_out[a:b])
 
     workers = max(1, min(torch.get_num_threads(), n_blocks))
     futures = [_pool().submit(work) for _ in range(workers - 1)]

@@ -23,7 +23,10 @@ calls ``on_layer(capture)`` once per decoder layer, with
 
 The weights are read by forward hooks on the attention modules while the model runs, so if ``on_layer`` reduces them
 (and keeps no reference), at most one layer's attention tensor (with :func:`reads_attention`: one layer's block of
-the declared rows) exists at a time, unlike ``output_attentions=True``, which keeps all of them. The pass runs the base model (no LM head: no ``(B, T, vocab)`` logits).
+the declared rows) exists at a time, unlike ``output_attentions=True``, which keeps all of them. The pass runs the
+base model (no LM head: no ``(B, T, vocab)`` logits), and a pass that reads attention only (no hidden states) stops
+after the last declared layer: the callback gets ``attentions=None`` for the layers after it, as for any undeclared
+layer, without them being run (e.g. CMAB's reference layer 20 of 28 skips 8 layers).
 
 ``on_layer`` returns one value per row of the batch (e.g. a float); :meth:`HFForward.forward` returns, per request, the
 list of its values over the layers in call order. :class:`ForwardBatch` (``capture.batch``) says where each row's
@@ -265,6 +268,10 @@ def key_mass(attn: torch.Tensor, keys: torch.Tensor, how: str = "mean") -> torch
     return torch.bmm(aggregate_heads(attn, how), keys.to(device=attn.device, dtype=torch.float32))
 
 
+class _LayersDone(Exception):
+    """Raised by the attention hook of the last layer a pass reads, to stop the decoder there."""
+
+
 def decoder_layers(model) -> torch.nn.ModuleList:
     """The decoder layers of a transformers causal LM or image-text-to-text model (Qwen2 / Qwen2.5-VL layout)."""
     base = getattr(model, "model", model)
@@ -349,6 +356,8 @@ class HFForward(HFModel):
                     pending[index] = weights  # handed over with the layer's output right after
                 else:
                     emit(index, weights, None)
+                    if index == last_read:
+                        raise _LayersDone  # no later layer is read: the rest of the decoder is not run
             return hook
 
         def layer_hook(index: int):
@@ -361,6 +370,8 @@ class HFForward(HFModel):
             hidden = args[0] if args else kwargs["hidden_states"]
             emit(-1, None, hidden)
 
+        # attention-only callbacks get no value from the layers after the last declared one (placeholders below)
+        last_read = max(read) if attentions and not hidden_states and read else None
         handles, marked = [], []
         try:
             if hidden_states:
@@ -374,11 +385,15 @@ class HFForward(HFModel):
                 if hidden_states:
                     handles.append(layer.register_forward_hook(layer_hook(i)))
             base = getattr(self.model, "model", self.model)
-            if use_rows:
-                with _attention_implementation(self.model, layers, ROW_ATTENTION):
+            try:
+                if use_rows:
+                    with _attention_implementation(self.model, layers, ROW_ATTENTION):
+                        base(**inputs, use_cache=False)
+                else:
                     base(**inputs, use_cache=False)
-            else:
-                base(**inputs, use_cache=False)
+            except _LayersDone:
+                for index in range(last_read + 1, len(layers)):
+                    emit(index, None, None)
         finally:
             for h in handles:
                 h.remove()

@@ -233,3 +233,33 @@ def test_key_mass_inside_the_attention_function_equals_eager_and_keeps_layer_out
         if layer + 1 < len(want) - 1:  # the last entry of hidden_states is after the final norm
             torch.testing.assert_close(hidden[layer][keep].float(), want[layer + 1][keep].float(),
                                        **(dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else tol))
+
+
+def test_an_attention_only_pass_stops_after_the_last_declared_layer(fwd, requests):
+    """Layers after the last declared one are not run; the callback still gets one (None) value per layer, and the
+    values of the declared layer equal those of a pass that runs the whole decoder (hidden states asked for)."""
+    from verl_difficulty.models.forward import reads_attention
+
+    layers = decoder_layers(fwd.model)
+    ran = []
+    handles = [layer.register_forward_pre_hook(lambda m, a, i=i: ran.append(i)) for i, layer in enumerate(layers)]
+
+    @reads_attention(rows="response", layers=[0])
+    def on_layer(c):
+        if c.attentions is None:
+            return [None] * c.batch.size
+        return [float(c.attentions[i].sum()) for i in range(c.batch.size)]
+
+    try:
+        short = fwd.forward(requests, on_layer, attentions=True)
+        assert ran == [0]
+        ran.clear()
+        full = fwd.forward(requests, on_layer, attentions=True, hidden_states=True)
+        assert ran == list(range(len(layers)))
+    finally:
+        for h in handles:
+            h.remove()
+    assert len(layers) > 1 and all(len(v) == len(layers) for v in short)
+    assert [v[0] for v in short] == pytest.approx([v[1] for v in full])  # full: the embeddings' value comes first
+    assert all(x is None for v in short for x in v[1:])
+    fwd.forward(requests, on_layer, attentions=True)  # hooks removed, the model still runs afterwards

@@ -27,9 +27,11 @@ Which rows (``difficulty.hints.select``, any of):
   ``two_stage`` schedule).
 
 Validation prompts get no hint unless ``difficulty.hints.validation=true`` (P2 evaluates without hints); for them only
-``flag`` and ``bucket`` apply (the sampler knows training prompts only). Each hinted row carries
-``extra_info.difficulty_hint_applied = true`` (``schema.HINT_APPLIED``); ``difficulty/hints/applied`` and
-``difficulty/hints/applied_frac`` report the count and fraction per training step.
+``flag`` and ``bucket`` apply (the sampler knows training prompts only). Each row of a hint dataset carries
+``extra_info.difficulty_hint_applied`` (``schema.HINT_APPLIED``, true when hinted); ``difficulty/hints/applied`` and
+``difficulty/hints/applied_frac`` (:func:`batch_hint_metrics`) report how many of the prompts of each step's training
+batch carry the hint, and their share, counted from those marks: they hold with dataloader worker processes too
+(verl's default of 8 workers builds the rows in other processes).
 
 Note: the hint lengthens the prompt (about 30 tokens for the default); verl's ``filter_overlong_prompts`` runs on the
 un-hinted prompt, so leave that margin in ``data.max_prompt_length``.
@@ -38,6 +40,7 @@ un-hinted prompt, so leave that margin in ``data.max_prompt_length``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -46,7 +49,7 @@ from verl_difficulty import schema
 from verl_difficulty.config import parse
 from verl_difficulty.sampling.config import DEFAULT_HINT, HintConfig
 
-__all__ = ["DEFAULT_HINT", "HintConfig", "HintRule", "add_hint"]
+__all__ = ["DEFAULT_HINT", "HintConfig", "HintRule", "add_hint", "batch_hint_metrics"]
 
 
 def add_hint(messages: list, cfg: HintConfig) -> list:
@@ -100,8 +103,6 @@ class HintRule:
         self._hint_cfg = cfg
         self._hint_active = bool(cfg.enable and (split == "train" or cfg.validation))
         self._hint_sampler = sampler if split == "train" else None
-        self._hint_applied = 0
-        self._hint_rows = 0
 
     def hint_wanted(self, example: dict) -> bool:
         cfg = self._hint_cfg
@@ -136,17 +137,19 @@ class HintRule:
             info = {}
             example[schema.EXTRA_INFO] = info
         info[schema.HINT_APPLIED] = bool(wanted)
-        self._hint_rows += 1
-        self._hint_applied += int(wanted)
         return example
 
-    def hint_metrics(self) -> dict[str, float]:
-        """Hinted rows since the last call (one training step's fetches): count and fraction."""
-        if self._hint_cfg is None or not self._hint_active:
-            return {}
-        rows, applied = getattr(self, "_hint_rows", 0), getattr(self, "_hint_applied", 0)
-        self._hint_rows = self._hint_applied = 0
-        return {
-            schema.metric("hints", "applied"): float(applied),
-            schema.metric("hints", "applied_frac"): float(applied) / rows if rows else 0.0,
-        }
+
+def batch_hint_metrics(extra_info: Sequence[Any], prompt_keys: Sequence[Any]) -> dict[str, float]:
+    """``difficulty/hints/applied``: the prompts of a training batch that carry the hint (a prompt's rollouts count
+    once: ``prompt_keys`` groups them, e.g. verl's ``uid``), and ``difficulty/hints/applied_frac``: their share of the
+    batch's prompts; from each row's ``extra_info[HINT_APPLIED]`` (a row without the mark is not hinted)."""
+    hinted: dict[Any, bool] = {}
+    for key, info in zip(prompt_keys, extra_info):
+        mark = isinstance(info, Mapping) and _truthy(info.get(schema.HINT_APPLIED))
+        hinted[key] = hinted.get(key, False) or mark
+    applied = sum(hinted.values())
+    return {
+        schema.metric("hints", "applied"): float(applied),
+        schema.metric("hints", "applied_frac"): applied / len(hinted) if hinted else 0.0,
+    }

@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from verl_difficulty import schema
+from verl_difficulty.sampling.hints import batch_hint_metrics
 from verl_difficulty.sampling.sampler import DifficultySampler
 from verl_difficulty.seam.config import (
     DifficultyConfig,
@@ -191,9 +192,8 @@ def register_trainer_mode() -> None:
                 self.difficulty_sampler.update(ntb[schema.SEAM_PROMPT_ID], ntb[schema.CORRECT],
                                                step=int(self.global_steps))
                 metrics.update(self.difficulty_sampler.metrics())
-            hint_metrics = getattr(self.train_dataset, "hint_metrics", None)
-            if callable(hint_metrics):
-                metrics.update(hint_metrics())
+            if self.difficulty_config.hints.enable:  # from the rows' marks: right with dataloader workers too
+                metrics.update(batch_hint_metrics(ntb[schema.EXTRA_INFO], ntb["uid"]))
             return batch
 
         # -------------------------------------------------------------- DAPO: groups dropped before the advantage step

@@ -107,9 +107,31 @@ def test_hint_dataset_hints_hard_rows_and_keeps_the_image(assets):
             rendered = assets[2].apply_chat_template(row["raw_prompt"], tokenize=False, add_generation_prompt=True)
             assert rendered.count("<|image_pad|>") == 1 and DEFAULT_HINT in rendered
     assert hinted == 4  # 16 rows, balanced over 4 levels
-    m = ds.hint_metrics()
+
+
+def test_hint_metrics_come_from_the_batch_rows_also_with_dataloader_workers(assets):
+    """verl's default of 8 dataloader workers builds the rows in other processes: the metrics are counted from the
+    rows' marks in the batch, so they are right there too; a prompt's rollouts count once."""
+    from torch.utils.data import DataLoader
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    from verl_difficulty.sampling.hints import batch_hint_metrics
+
+    ds = _dataset(assets)
+    configure_dataset_hints(ds, _cfg(select=["bucket"], buckets=["hard"]), "train")
+    extra = []
+    for batch in DataLoader(ds, batch_size=8, num_workers=2, collate_fn=collate_fn):
+        extra.extend(batch[schema.EXTRA_INFO])
+    ids = [e[schema.PROMPT_ID] for e in extra]
+    assert len(set(ids)) == 16
+    m = batch_hint_metrics(extra, ids)
     assert m == {"difficulty/hints/applied": 4.0, "difficulty/hints/applied_frac": 0.25}
-    assert ds.hint_metrics()["difficulty/hints/applied"] == 0.0  # counts are per step
+    # four rollouts per prompt (verl repeats the rows under one uid): the same counts
+    assert batch_hint_metrics([e for e in extra for _ in range(4)], [i for i in ids for _ in range(4)]) == m
+    # a row without the mark (no hint dataset) is not hinted; an empty batch gives zeros
+    assert batch_hint_metrics([{}, None], ["a", "b"]) == {"difficulty/hints/applied": 0.0,
+                                                          "difficulty/hints/applied_frac": 0.0}
+    assert batch_hint_metrics([], [])["difficulty/hints/applied_frac"] == 0.0
 
 
 def test_validation_gets_no_hints_unless_asked(assets):

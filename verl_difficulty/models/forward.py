@@ -14,9 +14,9 @@ calls ``on_layer(capture)`` once per decoder layer, with
   ``softmax(q_rows k^T * scale + mask_rows)`` exactly as eager attention does (GQA keys repeated, the same causal /
   padding mask), and takes those rows' output from them (SDPA for the rows before), so every score is computed once.
   With key weights declared no probability is materialised at all: SDPA attends to the weights as if they were
-  values (see :func:`row_attention_forward`). ``capture.attentions`` is then the block ``(B, heads, T - q0, T)`` of the query positions ``q0 ..
-  T - 1``, ``q0 = capture.query_offset`` (responses end every row of a left-padded batch, so the response rows are
-  the last ones), and None in the layers not declared;
+  values (see :func:`row_attention_forward`). ``capture.attentions`` is then the block ``(B, heads, T - q0, T)`` of
+  the query positions ``q0 .. T - 1``, ``q0 = capture.query_offset`` (responses end every row of a left-padded batch,
+  so the response rows are the last ones), and None in the layers not declared;
 * ``capture.hidden_states``: that layer's output hidden states ``(B, T, D)``; with ``hidden_states=True`` the callback
   is also called first with ``layer == -1`` and the decoder's input embeddings, where the image-token positions hold
   the vision tower's merged features.
@@ -179,9 +179,11 @@ def row_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: tor
 
 def _key_mass_attention(module, query, key, value, attention_mask, q0, weights_of_keys, dropout, scaling, **kwargs):
     """Output and per-head key mass ``softmax(q k^T * scale + mask) @ W`` of the rows ``q0..`` without materialising
-    a probability: the layer's output by SDPA (unchanged), and the key weights ``W`` (B, T, M) attended to like
-    values by a second SDPA in float32 over the rows ``q0..`` (W padded with zero channels to the head size, which
-    torch's fused CPU kernel needs). Returns (output, (B, heads, Q - q0, M) float32)."""
+    a probability: the key weights ``W`` (B, T, M) are attended to like values. In float32, one fused SDPA gives both
+    (values ``[v, W, 0]``, queries and keys zero-padded to the same width: torch's fused CPU kernel needs value width
+    == head width). Otherwise the layer's output is SDPA's (unchanged) and a second SDPA in float32 over the rows
+    ``q0..`` gives the mass (W in chunks of the head width), so a bf16 model's mass keeps float32 precision.
+    Returns (output, (B, heads, Q - q0, M) float32)."""
     from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
     batch, heads, _, head_dim = query.shape

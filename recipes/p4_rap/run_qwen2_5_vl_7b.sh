@@ -67,7 +67,8 @@ fi
 
 if has_stage train; then
   echo "[$RECIPE] train: grpo on $SELECTION/train.parquet"
-  # an empty selection would only fail inside verl's dataset loader after Ray start-up: stop here with the counts
+  # an empty selection would only fail inside verl's dataset loader after Ray start-up: `select` exits 1 on it, and
+  # without a select stage in STAGES this check stops on the counts its record keeps
   "$PYTHON" - "$SELECTION/selection.json" <<'PY'
 import json, sys
 counts = json.load(open(sys.argv[1]))["counts"]

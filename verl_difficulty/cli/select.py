@@ -5,6 +5,13 @@ options) are generated from the method's ``Params`` dataclass (:func:`verl_diffi
 default, source and choices come from the dataclass, values are checked by :func:`verl_difficulty.config.parse` and an
 error names the flag. A bool parameter that defaults to true gets ``--no-<param>``; a list takes comma-separated
 values.
+
+Exit status: 0 = selected (the summary on stdout); 2 = a usage, parameter, input or OUTDIR error, nothing written;
+1 = the selection kept no row (an empty train set, :class:`verl_difficulty.selection.EmptySelectionError`): one line on
+stderr with the rows read, the count per reason and the flags to loosen; no train.parquet (nor other row table) is
+written, only decisions.parquet and a selection.json with ``status: empty`` for inspection (nothing at all when OUTDIR
+holds a finished selection or foreign files), and the next selection into OUTDIR replaces that record. Any other
+failure exits 1 too.
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ examples:
 output (in -o): train.parquet (kept rows, verl RLHF schema), decisions.parquet (one row per input row: index, kept,
 reason, bucket, stage, subset), selection.json (method, mode, params, inputs, counts, outputs), plus the method's
 files (P1 subsets/*.parquet, sft.parquet, grpo.parquet; P2 stage1.parquet, stage2.parquet).
+
+exit status: 0 selected; 2 usage, parameter, input or OUTDIR error (nothing written); 1 no row kept (empty train
+set: stderr names the counts per reason and the flags to loosen; only decisions.parquet and selection.json with
+status "empty" are written, for inspection) or another failure.
 """
 
 
@@ -78,8 +89,17 @@ def _name_flags(message: str) -> str:
     return re.sub(r"\bselect\.[a-z0-9_]+\.([a-z_0-9]+)", lambda mt: param_flag(mt.group(1)), message)
 
 
+def loosen_flag(name: str, value) -> str:
+    """The flag that loosens parameter ``name`` (now ``value``): ``--no-<param>`` for a bool that is on."""
+    from verl_difficulty.selection.common import show_value
+
+    if isinstance(value, bool):
+        return param_flag(("no_" if value else "") + name)
+    return f"{param_flag(name)} (now {show_value(value)})"
+
+
 def run(args) -> int:
-    from verl_difficulty.selection import run_selection
+    from verl_difficulty.selection import EmptySelectionError, run_selection
     from verl_difficulty.selection.io import summary_text
 
     params = {k[len("param:"):]: v for k, v in vars(args).items() if k.startswith("param:") and v is not None}
@@ -90,8 +110,12 @@ def run(args) -> int:
             import traceback
 
             traceback.print_exc()
-        code = 2 if isinstance(e, (ConfigError, ValueError, FileExistsError, FileNotFoundError)) else 1
-        print(f"verl-difficulty select {args.method}: {_name_flags(_one_line(e))}", file=sys.stderr)
+        if isinstance(e, EmptySelectionError):  # a ValueError, but the inputs and options were valid: exit 1
+            text, code = e.describe(loosen_flag), 1
+        else:
+            text = _name_flags(_one_line(e))
+            code = 2 if isinstance(e, (ConfigError, ValueError, FileExistsError, FileNotFoundError)) else 1
+        print(f"verl-difficulty select {args.method}: {text}", file=sys.stderr)
         return code
     print(summary_text(record))
     return 0

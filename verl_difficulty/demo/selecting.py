@@ -3,14 +3,18 @@
 mix compares with random subsets of the same size (:func:`verl_difficulty.demo.analysis.subset_mix`), written to
 ``DIR/select/mix.json``.
 
-A method whose scorer did not run is skipped (named in the summary). Every output table of a selection is compared
-(``train`` and the method's own subsets: P1's baselines and SFT/GRPO split, P2's two stages), except the decisions.
+A method whose scorer did not run is skipped (named in the summary); one that keeps no row
+(:class:`~verl_difficulty.selection.EmptySelectionError`) stops the stage if the runs train on it (``--train-on``),
+else it is reported with its cause, has no subsets to compare (an earlier run's selection in its folder is removed),
+and the demo goes on. Every output table of a selection is compared (``train`` and the method's own subsets: P1's
+baselines and SFT/GRPO split, P2's two stages), except the decisions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 
@@ -56,29 +60,42 @@ def subset_outputs(selection_dir: str) -> dict[str, str]:
 
 
 def run_select(run: DemoRun) -> StageResult:
-    from verl_difficulty.selection import run_selection
+    from verl_difficulty.selection import EmptySelectionError, run_selection
 
     s = run.settings
-    lines, data, outputs, skipped = [], {"methods": {}}, [], {}
+    lines, data, outputs, skipped, empty = [], {"methods": {}}, [], {}, set()
     for method in METHODS:
         missing = [sc for sc in METHOD_NEEDS[method] if sc not in s.scorers]
         if missing:
             skipped[method] = f"needs the {', '.join(missing)} scorer(s)"
             continue
         out_dir = run.path("select", method)
-        record = run_selection(method, [run.path("score")], out_dir, params={"seed": s.seed}, overwrite=True)
+        try:
+            record = run_selection(method, [run.path("score")], out_dir, params={"seed": s.seed}, overwrite=True)
+        except EmptySelectionError as e:  # nothing to train on: said, and the other methods still run
+            if method == s.train_on:
+                raise
+            if not e.written:  # the demo's own folder held an earlier run's selection: stale now
+                shutil.rmtree(out_dir)
+            record = e.record
+            empty.add(method)
+            lines.append(f"{method}: {e.cause()}" + ("" if e.written else f"; the earlier selection in {out_dir} "
+                                                                         "removed"))
+        else:
+            lines.append(f"{method}: kept {record['counts'].get('kept')}/{record['counts'].get('input_rows')} "
+                         f"rows -> {out_dir}")
         counts = record.get("counts", {})
         data["methods"][method] = {"kept": counts.get("kept"), "input_rows": counts.get("input_rows"),
                                    "notes": record.get("notes", [])}
-        outputs.append(os.path.join(out_dir, "selection.json"))
-        lines.append(f"{method}: kept {counts.get('kept')}/{counts.get('input_rows')} rows -> {out_dir}")
+        if os.path.isfile(os.path.join(out_dir, "selection.json")):
+            outputs.append(os.path.join(out_dir, "selection.json"))
     for method, why in skipped.items():
         lines.append(f"{method}: skipped ({why})")
     by_id = level_by_id(run.scored_file)
     population = np.array([v for v in by_id.values() if np.isfinite(v)], dtype=np.int64)
     mixes = []
     if len(population):
-        for method in data["methods"]:
+        for method in [m for m in data["methods"] if m not in empty]:
             for name, path in subset_outputs(run.path("select", method)).items():
                 lv = [by_id.get(i, np.nan) for i in row_ids(path)]
                 lv = [int(v) for v in lv if np.isfinite(v)]

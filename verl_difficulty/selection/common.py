@@ -82,13 +82,80 @@ class Outcome:
     """What a selection returns: a decision per input row, the extra output tables and summary notes.
 
     ``columns``: difficulty fields to set on the written rows (name -> one value per input row), mirrored in
-    ``extra_info``; ``extra``: output name -> :class:`Output`.
+    ``extra_info``; ``extra``: output name -> :class:`Output`; ``loosen``: a dropping ``reason`` -> the parameters
+    whose change would keep more of those rows (named by :class:`EmptySelectionError` when no row is kept; a reason
+    left out is one no parameter undoes, e.g. ``no_score``).
     """
 
     decisions: list
     columns: dict = dataclasses.field(default_factory=dict)
     extra: dict = dataclasses.field(default_factory=dict)
     notes: list = dataclasses.field(default_factory=list)
+    loosen: dict = dataclasses.field(default_factory=dict)
+
+
+def show_value(value: Any) -> str:
+    """A parameter value as the command line writes it (a list comma-separated, None as ``unset``)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value)) or "''"
+    return str(value)
+
+
+class EmptySelectionError(ValueError):
+    """A selection that keeps no input row: its train set would be empty (nothing to train on).
+
+    Raised by :func:`verl_difficulty.selection.run_selection` after the selection ran; ``verl-difficulty select``
+    exits 1 with :meth:`describe` (parameters named by their flags). Attributes: ``method``, ``mode``, ``counts``
+    (as ``selection.json`` records them: ``input_rows``, ``by_reason`` ...), ``loosen`` (reason -> parameter names,
+    :attr:`Outcome.loosen`), ``params`` (the values used), ``outdir``, ``written`` (True when ``decisions.parquet``
+    and a ``selection.json`` with ``status: empty`` were written there for inspection; False when OUTDIR held another
+    selection or foreign files, left as they were: ``kept_because`` says which), ``record`` (the record, written or
+    not).
+    """
+
+    def __init__(self, method: str, mode: str, counts: dict, loosen: dict, params: dict, outdir: str,
+                 written: bool = False, kept_because: str = "", record: Optional[dict] = None):
+        self.method, self.mode, self.counts, self.loosen, self.params = method, mode, counts, loosen, params
+        self.outdir, self.written, self.kept_because, self.record = outdir, written, kept_because, record or {}
+        super().__init__(f"{method} ({mode}): {self.describe()}")
+
+    def __reduce__(self):  # picklable (e.g. raised in a worker process)
+        return (type(self), (self.method, self.mode, self.counts, self.loosen, self.params, self.outdir, self.written,
+                             self.kept_because, self.record))
+
+    def python_name(self, name: str, value: Any) -> str:
+        return f"select.{self.method}.{name} (now {show_value(value)})"
+
+    def cause(self, name: Optional[Callable[[str, Any], str]] = None) -> str:
+        """Why nothing was kept: the rows read, the count per reason and the parameters to loosen, each written by
+        ``name(param, value)`` (default: ``select.<method>.<param> (now <value>)``)."""
+        name = name or self.python_name
+        by_reason = self.counts.get("by_reason") or {}
+        n = self.counts.get("input_rows", 0)
+        text = (f"empty train set: kept 0 of {n} rows read ("
+                + ", ".join(f"{r}={c}" for r, c in by_reason.items()) + ")")
+        order = sorted(by_reason, key=lambda r: (-by_reason[r], r))
+        params = list(dict.fromkeys(p for r in order for p in self.loosen.get(r, ()) if p in self.params))
+        if params:
+            text += "; to keep rows loosen " + ", ".join(name(p, self.params[p]) for p in params)
+        stuck = [r for r in order if not [p for p in self.loosen.get(r, ()) if p in self.params]]
+        if stuck:
+            text += (f"; no parameter keeps the {', '.join(stuck)} rows" + (" (rescore them)" if any(
+                r in ("no_score", "no_bucket") for r in stuck) else ""))
+        return text
+
+    def describe(self, name: Optional[Callable[[str, Any], str]] = None) -> str:
+        """:meth:`cause` and what was left in OUTDIR (one line)."""
+        if self.written:
+            where = (f"only decisions.parquet and selection.json (status empty) written to {self.outdir} for "
+                     "inspection, no train.parquet")
+        else:
+            where = f"nothing written: {self.kept_because}"
+        return f"{self.cause(name)}; {where}"
 
 
 @dataclasses.dataclass(frozen=True)

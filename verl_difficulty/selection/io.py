@@ -14,13 +14,22 @@ Outputs (every file written atomically, :mod:`verl_difficulty.data.io`; ``select
 * ``decisions.parquet``: one row per input row: ``index`` (int64), ``kept`` (bool), ``reason`` (string), ``bucket``
   (string or null), ``stage`` (int64 or null), ``subset`` (the comma-separated subsets of the row, or null);
 * ``selection.json``: ``method``, ``mode``, ``params`` (every parameter), ``inputs`` (path, rows, sha256),
-  ``fingerprint``, ``counts`` (``input_rows``, ``kept``, ``by_reason`` over all rows, ``by_bucket`` over all rows
-  with a bucket, ``by_stage`` over the kept rows, ``by_subset``), ``notes``, ``outputs`` (name -> relative path),
-  ``version``, ``created``.
+  ``fingerprint``, ``status`` (``complete``), ``counts`` (``input_rows``, ``kept``, ``by_reason`` over all rows,
+  ``by_bucket`` over all rows with a bucket, ``by_stage`` over the kept rows, ``by_subset``), ``notes``, ``outputs``
+  (name -> relative path), ``version``, ``created``.
 
-Re-running: an OUTDIR holding a DIFFERENT selection (method, mode, params or input sha256 differ), or files but no
-``selection.json``, is refused unless ``overwrite``; the same selection again rewrites identical files (its
-``created`` date is kept).
+An EMPTY selection (no row kept: the train set would be empty) is an error
+(:class:`~verl_difficulty.selection.common.EmptySelectionError`, exit 1): no row table is written (no
+``train.parquet``, no extra table), only ``decisions.parquet`` and a ``selection.json`` with ``status: empty``,
+``error`` (the reason counts and the parameters to loosen) and ``outputs`` = the decisions alone, so the folder can be
+inspected (``verl-difficulty report OUTDIR`` draws the reasons). That record is not a finished selection: nothing
+resumes from it, and the next selection into OUTDIR replaces it without ``overwrite``. An empty selection never
+replaces a finished one (nor foreign files), even with ``overwrite``: then nothing is written.
+
+Re-running: an OUTDIR holding a DIFFERENT finished selection (method, mode, params or input sha256 differ), or files
+but no ``selection.json``, is refused unless ``overwrite``; the same selection again rewrites identical files (its
+``created`` date is kept). A record without ``status`` (written before it existed) counts as finished when it kept
+rows.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from verl_difficulty.selection.common import Outcome, Output, values
 SELECTION_FILE = "selection.json"
 DECISIONS_FILE = "decisions.parquet"
 TRAIN_FILE = "train.parquet"
+STATUS_COMPLETE = "complete"
+STATUS_EMPTY = "empty"
 
 
 def input_files(paths: list) -> list[str]:
@@ -116,35 +127,73 @@ def _differences(old: dict, new: dict) -> str:
     return ", ".join(keys) or "fingerprint"
 
 
-def prepare_outdir(outdir: str, new: dict, overwrite: bool, inputs: list[dict]) -> Optional[str]:
-    """Check OUTDIR against the selection ``new`` (method, mode, params, inputs, fingerprint); returns the previous
-    ``created`` date when OUTDIR already holds this same selection. A different one (or unknown files) is refused
-    unless ``overwrite``, which removes the previous selection's files first."""
+def is_finished(record: dict) -> bool:
+    """Whether a ``selection.json`` record is a finished selection (its outputs written): ``status`` complete, or,
+    in a record from before ``status`` existed, at least one row kept."""
+    if "status" in record:
+        return record["status"] == STATUS_COMPLETE
+    return bool((record.get("counts") or {}).get("kept"))
+
+
+def _check_outdir(outdir: str, inputs: list[dict]) -> tuple[str, str, Optional[dict]]:
+    """(absolute OUTDIR, its state, its previous record): state ``free`` (missing or empty), ``finished`` or ``empty``
+    (a record, :func:`is_finished` or not) or ``foreign`` (files without a readable record). An OUTDIR holding an
+    input file is refused."""
     out = os.path.abspath(outdir)
     if any(os.path.dirname(i["path"]) == out for i in inputs):
         raise ValueError(f"-o {outdir}: the output directory holds an input file; choose another directory")
     if not os.path.isdir(out) or not os.listdir(out):
-        os.makedirs(out, exist_ok=True)
-        return None
-    path = os.path.join(out, SELECTION_FILE)
+        return out, "free", None
     try:
-        with open(path) as f:
+        with open(os.path.join(out, SELECTION_FILE)) as f:
             old = json.load(f)
     except (OSError, ValueError):
         old = None
-    if isinstance(old, dict) and old.get("fingerprint") == new["fingerprint"]:
+    if not isinstance(old, dict):
+        return out, "foreign", None
+    return out, "finished" if is_finished(old) else "empty", old
+
+
+def _remove_selection(out: str, old: dict) -> None:
+    for rel in list((old.get("outputs") or {}).values()) + [DECISIONS_FILE, SELECTION_FILE]:
+        target = os.path.join(out, rel) if isinstance(rel, str) else None
+        if target and os.path.isfile(target):
+            os.unlink(target)
+
+
+def prepare_outdir(outdir: str, new: dict, overwrite: bool, inputs: list[dict]) -> Optional[str]:
+    """Check OUTDIR against the selection ``new`` (method, mode, params, inputs, fingerprint); returns the previous
+    ``created`` date when OUTDIR already holds this same finished selection. The record of an empty selection
+    (``status: empty``, not finished) is removed with its files. A different finished selection (or unknown files) is
+    refused unless ``overwrite``, which removes the previous selection's files first."""
+    out, state, old = _check_outdir(outdir, inputs)
+    if state == "free":
+        os.makedirs(out, exist_ok=True)
+        return None
+    if state == "empty":
+        _remove_selection(out, old)
+        return None
+    if state == "finished" and old.get("fingerprint") == new["fingerprint"]:
         return old.get("created")
     if not overwrite:
         what = (f"a different selection ({old.get('method')}/{old.get('mode')}; differs in {_differences(old, new)})"
-                if isinstance(old, dict) else f"files but no readable {SELECTION_FILE}")
+                if old is not None else f"files but no readable {SELECTION_FILE}")
         raise FileExistsError(f"-o {outdir}: holds {what}; pass --overwrite to replace it, or choose another "
                               "directory")
-    if isinstance(old, dict):
-        for rel in list((old.get("outputs") or {}).values()) + [DECISIONS_FILE, SELECTION_FILE]:
-            target = os.path.join(out, rel)
-            if os.path.isfile(target):
-                os.unlink(target)
+    if old is not None:
+        _remove_selection(out, old)
     return None
+
+
+def occupied(outdir: str, inputs: list[dict]) -> str:
+    """Why OUTDIR must not receive the record of an empty selection ('' when it may: missing, empty, or holding
+    only another empty selection's record): it holds a finished selection or files without a record."""
+    _, state, old = _check_outdir(outdir, inputs)
+    if state in ("free", "empty"):
+        return ""
+    what = (f"a finished selection ({old.get('method')}/{old.get('mode')})" if old is not None
+            else f"files but no readable {SELECTION_FILE}")
+    return f"-o {outdir} holds {what}, left as it was"
 
 
 def _arrow(name: str, vals: list) -> Any:
@@ -211,11 +260,25 @@ def write_selection(outdir: str, table: Any, ids: list, outcome: Outcome, record
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_parquet(path, output_table(table, o, prov))
     write_parquet(os.path.join(outdir, DECISIONS_FILE), decisions_table(ids, outcome))
-    full = {**record, "counts": counts(outcome), "notes": list(outcome.notes),
+    full = {**record, "status": STATUS_COMPLETE, "counts": counts(outcome), "notes": list(outcome.notes),
             "outputs": {"decisions": DECISIONS_FILE, **{n: o.path for n, o in outputs.items()}}}
+    _write_record(outdir, full)
+    return full
+
+
+def write_empty(outdir: str, ids: list, outcome: Outcome, record: dict, error: str) -> dict:
+    """The record of an empty selection: ``decisions.parquet``, then ``selection.json`` with ``status: empty`` and
+    ``error``; no row table. Returns the record."""
+    write_parquet(os.path.join(outdir, DECISIONS_FILE), decisions_table(ids, outcome))
+    full = {**record, "status": STATUS_EMPTY, "error": error, "counts": counts(outcome),
+            "notes": list(outcome.notes), "outputs": {"decisions": DECISIONS_FILE}}
+    _write_record(outdir, full)
+    return full
+
+
+def _write_record(outdir: str, full: dict) -> None:
     atomic_write_bytes(os.path.join(outdir, SELECTION_FILE), (json.dumps(full, indent=2, sort_keys=True) + "\n")
                        .encode())
-    return full
 
 
 def now() -> str:

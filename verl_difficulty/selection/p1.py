@@ -31,6 +31,11 @@ from a column of the row instead (e.g. distilled reasoning traces).
 Decisions: ``kept`` = in ``train``; ``reason`` = ``kept`` or the row's bucket (``easy``, ``unsolved`` ...), or
 ``no_bucket`` when the scorer left none; ``subset`` lists every output the row is in (``train``, ``random``,
 ``fullset``, ``unsolved``, ``sft``, ``grpo``). P1 has no released selection code: ``paper`` mode only.
+
+No row in ``--train-buckets`` is an error (exit 1, naming ``--train-buckets`` and the rows per bucket) even when the
+other sets are not empty: ``train`` is the selection (the random baseline is its size), and the sets of other
+buckets are had by naming them in ``--train-buckets``; none of the tables is written then (see
+:mod:`verl_difficulty.selection.io`).
 """
 
 from __future__ import annotations
@@ -147,9 +152,8 @@ def select_p1(table: Any, ids: list, p: P1Params) -> Outcome:
                               plain={schema.SFT_MESSAGES: sft_messages(table, members["sft"], p)})
     notes = [f"bucket source {p.bucket_source}" + (f", lambda*=0.7 as in the paper's {p.lambda_boundary}"
                                                    if p.bucket_source == "pism" else "")]
-    if len(members["train"]) == 0:
-        notes.append(f"no row is in {p.train_buckets}: train.parquet is empty")
-    return Outcome(decisions, columns={schema.DIFFICULTY_BUCKET: b}, extra=extra, notes=notes)
+    loosen = {**{bucket: ("train_buckets",) for bucket in set(b) if bucket}, "no_bucket": ("bucket_source",)}
+    return Outcome(decisions, columns={schema.DIFFICULTY_BUCKET: b}, extra=extra, notes=notes, loosen=loosen)
 
 
 __all__ = ["P1Params", "select_p1", "bucket_of", "buckets", "sft_messages"]

@@ -101,4 +101,5 @@ def select_p2(table: Any, ids: list, p: P2Params) -> Outcome:
              for s in (1, 2)}
     notes = [f"band [{p.low}, {p.high}] keeps {len(band)} rows; stage 1 = {sum(v == 1 for v in stage.values())}, "
              f"stage 2 = {sum(v == 2 for v in stage.values())}"]
-    return Outcome(decisions, columns=columns, extra=extra, notes=notes)
+    loosen = {"below_band": ("low",), "above_band": ("high",), "beyond_stage_sizes": ("stage1_size", "stage2_size")}
+    return Outcome(decisions, columns=columns, extra=extra, notes=notes, loosen=loosen)

@@ -99,7 +99,9 @@ def paper(table: Any, ids: list, p: P4Params) -> Outcome:
         notes.append(f"DRM: removed {len(trivial)} trivially easy rows, added {len(added)} of k={k}")
     kept_reasons = ("kept", "drm_added")
     decisions = [Decision(kept=reason.get(i, "kept") in kept_reasons, reason=reason.get(i, "kept")) for i in range(n)]
-    return Outcome(decisions, notes=notes)
+    loosen = {"cde_below_threshold": ("lambda_c",), "ace_above_threshold": ("lambda_a", "ace"),
+              "replaced_trivial": ("drm",)}
+    return Outcome(decisions, notes=notes, loosen=loosen)
 
 
 def _counts(table: Any, name: str) -> list:
@@ -145,7 +147,9 @@ def reference_code(table: Any, ids: list, p: P4Params) -> Outcome:
         decisions.append(Decision(kept=i in main or i in added, reason=r))
     notes = [f"reference_code: mean a_img={mean_img:.6g}, mean a_txt={mean_txt:.6g}, diff={diff:.6g}; main "
              f"{len(main)}, add-back pool {len(pool)}, drawn {k} (random.seed({REFERENCE_SEED}))"]
-    return Outcome(decisions, notes=notes)
+    # the script's thresholds are constants: only the paper mode (--lambda-c, --lambda-a, DRM) selects otherwise
+    loosen = {r: ("mode",) for r in ("easy", "score_below_threshold", "cde_below_threshold", "addback_not_drawn")}
+    return Outcome(decisions, notes=notes, loosen=loosen)
 
 
 @register_selection("p4", P4Params, "P4 RAP: CDE -> ACE -> DRM, or the official selection script (arXiv "

@@ -8,10 +8,9 @@ and :func:`finish` records the metrics and writes the (bs, T) advantage once.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from verl_difficulty.estimators import metrics as collector
 from verl_difficulty.estimators.groups import (
     STAT_DTYPE,
     GroupMoments,
+    as_array,
     broadcast_to_tokens,
     dense_ids,
     group_ids,
@@ -29,7 +29,6 @@ from verl_difficulty.estimators.groups import (
 )
 
 __all__ = [
-    "one_intraop_thread",
     "TokenBatch",
     "read_batch",
     "RewardGroups",
@@ -99,7 +98,7 @@ def read_batch(
 
 @dataclass
 class RewardGroups:
-    """The first step of both tensor cores (see :func:`reward_groups`).
+    """The first step of both tensor cores (see :func:`reward_groups`); numpy arrays.
 
     Attributes:
         r: (bs,) float64 rewards.
@@ -107,25 +106,31 @@ class RewardGroups:
         num_groups: G.
         valid: (bs,) bool, non-empty responses.
         moments: the (G,) :class:`~verl_difficulty.estimators.groups.GroupMoments` of ``r`` per prompt.
-        out_dtype: dtype of the advantages (that of the scores; float32 if they are integers).
+        out_dtype: torch dtype of the advantages (that of the scores; float32 if they are integers).
+        device: torch device of the scores (the advantages go back there).
     """
 
-    r: torch.Tensor
-    gid: torch.Tensor
+    r: np.ndarray
+    gid: np.ndarray
     num_groups: int
-    valid: torch.Tensor
+    valid: np.ndarray
     moments: GroupMoments
     out_dtype: torch.dtype
+    device: torch.device
+
+    def advantages(self, adv: np.ndarray) -> torch.Tensor:
+        """(bs,) float64 advantages -> a torch tensor of the scores' dtype and device."""
+        return torch.from_numpy(adv).to(device=self.device, dtype=self.out_dtype)
 
 
 def reward_groups(
-    scores: torch.Tensor, group_ids: torch.Tensor, valid: Optional[torch.Tensor], num_groups: Optional[int] = None
+    scores: torch.Tensor, group_ids: Any, valid: Optional[Any], num_groups: Optional[int] = None
 ) -> RewardGroups:
-    """Check the (bs,) rewards and prompt labels and compute the rewards' per-prompt moments.
+    """Check the (bs,) rewards and prompt labels and compute the rewards' per-prompt moments (numpy float64).
 
     Args:
-        scores: (bs,) rewards; every one must be finite (empty rows included).
-        group_ids: (bs,) integer prompt labels, any values.
+        scores: (bs,) torch rewards; every one must be finite (empty rows included).
+        group_ids: (bs,) integer prompt labels, any values (tensor or array).
         valid: (bs,) bool or None (all valid).
         num_groups: G when ``group_ids`` already are dense ids ``0..G-1`` (as :func:`read_batch` makes them).
 
@@ -135,40 +140,18 @@ def reward_groups(
     bs = scores.shape[0]
     if tuple(group_ids.shape) != (bs,):
         raise ValueError(f"group_ids must be (bs,) = ({bs},), got {tuple(group_ids.shape)}")
-    check_finite(scores, "reward")
-    dev = scores.device
-    valid = torch.ones(bs, dtype=torch.bool, device=dev) if valid is None else valid.to(dev, torch.bool)
-    r = scores.to(STAT_DTYPE)
+    r = as_array(scores, STAT_DTYPE)
+    check_finite(r, "reward")
+    valid = np.ones(bs, dtype=bool) if valid is None else as_array(valid, bool)
     if num_groups is None:
-        gid, num_groups = dense_ids(group_ids.to(dev))
+        ids, num_groups = dense_ids(torch.as_tensor(as_array(group_ids)))
+        gid = ids.numpy()
     else:
-        gid = group_ids.to(dev, torch.int64)
+        gid = as_array(group_ids, np.int64)
     return RewardGroups(r=r, gid=gid, num_groups=num_groups, valid=valid,
                         moments=group_moments(r, gid, num_groups, valid),
-                        out_dtype=scores.dtype if scores.is_floating_point() else torch.float32)
-
-
-_OPENMP = "OpenMP" in torch.__config__.parallel_info().rsplit("parallel backend:", 1)[-1]
-
-
-@contextlib.contextmanager
-def one_intraop_thread(device: torch.device) -> Iterator[None]:
-    """Run the (bs,) / (G,) statistics with one torch intra-op thread (CPU, OpenMP backend), then restore the count.
-
-    The statistics are vectors of a few thousand numbers, where torch's parallel kernels (``sqrt``, ``bucketize``,
-    indexing) gain nothing and each wakes the thread pool: right after a (bs, T) reduction, durian's statistics at
-    bs = 4096 took 16 ms with 2 threads and 1.4 ms with 1 (2-core CPU). Other threads of the process that run torch
-    operations meanwhile (there are none in verl's driver during the advantage step) would run them serially.
-    """
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1 or not _OPENMP:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+                        out_dtype=scores.dtype if scores.is_floating_point() else torch.float32,
+                        device=scores.device)
 
 
 def finish(adv: torch.Tensor, metrics: dict[str, float], response_mask: torch.Tensor,
@@ -180,17 +163,17 @@ def finish(adv: torch.Tensor, metrics: dict[str, float], response_mask: torch.Te
     return out, out
 
 
-def check_finite(values: torch.Tensor, what: str) -> None:
+def check_finite(values: np.ndarray, what: str) -> None:
     """Raise ``ValueError`` naming how many and which entries of ``values`` (shape (n,)) are NaN or +-inf.
 
     Shared by P2 (arXiv 2505.13261) and P3 (arXiv 2602.21743). Lists the first 20 indices.
     """
-    bad = ~torch.isfinite(values)
-    if bool(bad.any()):
-        idx = torch.nonzero(bad).flatten().tolist()
+    bad = ~np.isfinite(values)
+    if bad.any():
+        idx = np.flatnonzero(bad).tolist()
         shown = ", ".join(str(i) for i in idx[:_MAX_LISTED]) + (", ..." if len(idx) > _MAX_LISTED else "")
         raise ValueError(
-            f"{len(idx)} of {values.numel()} responses have a non-finite {what} (NaN or inf), "
+            f"{len(idx)} of {values.size} responses have a non-finite {what} (NaN or inf), "
             f"at response indices [{shown}]"
         )
 
@@ -216,15 +199,15 @@ def read_float_column(non_tensor_batch: Optional[dict], key: str, bs: int) -> Op
     return arr.astype(np.float64)
 
 
-def summary_stats(prefix: str, values: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(k,) tensor -> {prefix_mean, prefix_min, prefix_max} as 0-d tensors (nothing if empty)."""
-    if values.numel() == 0:
+def summary_stats(prefix: str, values: np.ndarray) -> dict[str, float]:
+    """(k,) array -> {prefix_mean, prefix_min, prefix_max} (nothing if empty)."""
+    if values.size == 0:
         return {}
-    lo, hi = torch.aminmax(values)
-    return {f"{prefix}_mean": values.mean(), f"{prefix}_min": lo, f"{prefix}_max": hi}
+    return {f"{prefix}_mean": float(values.mean()), f"{prefix}_min": float(values.min()),
+            f"{prefix}_max": float(values.max())}
 
 
-def batch_group_metrics(m: GroupMoments, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+def batch_group_metrics(m: GroupMoments, valid: np.ndarray) -> dict[str, float]:
     """Prompt count, group sizes, zero-variance / singleton fractions and empty responses of a batch.
 
     Args:
@@ -232,25 +215,21 @@ def batch_group_metrics(m: GroupMoments, valid: torch.Tensor) -> dict[str, torch
         valid: (bs,) bool, non-empty responses.
     """
     present = m.present
-    num = present.sum().clamp(min=1).to(STAT_DTYPE)
+    n = int(present.sum())
     out = {
-        "num_prompts": present.sum().to(STAT_DTYPE),
-        "zero_variance_frac": m.const.sum().to(STAT_DTYPE) / num,
-        "singleton_frac": (m.count == 1).sum().to(STAT_DTYPE) / num,
-        "empty_responses": (~valid).sum().to(STAT_DTYPE),
+        "num_prompts": float(n),
+        "zero_variance_frac": int(m.const.sum()) / max(n, 1),
+        "singleton_frac": int((m.count == 1).sum()) / max(n, 1),
+        "empty_responses": float(valid.size - int(valid.sum())),
     }
     out.update(summary_stats("group_size", m.count[present]))
     return out
 
 
 def named_metrics(part: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """{``name`` or ``name/detail``: 0-d tensor or number} -> {``difficulty/<part>/name[/detail]``: float}, with one
-    host transfer for all tensors (names built by :func:`verl_difficulty.schema.metric`)."""
-    tensors = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
-    values = dict(metrics)
-    if tensors:  # 0-d tensors of any dtype and device: torch.stack promotes them to one
-        values.update(zip(tensors, torch.stack([metrics[k] for k in tensors]).tolist()))
-    return {_metric_name(part, k): float(v) for k, v in values.items()}
+    """{``name`` or ``name/detail``: number} -> {``difficulty/<part>/name[/detail]``: float} (names built by
+    :func:`verl_difficulty.schema.metric`)."""
+    return {_metric_name(part, k): float(v) for k, v in metrics.items()}
 
 
 @functools.lru_cache(maxsize=1024)

@@ -28,7 +28,7 @@ Conventions shared by both estimators (documented here once):
 * **Token level** (:mod:`~verl_difficulty.estimators.groups`): the rewards are read once (their row sums); the
   mask is read once, by the final write ``A[:, None] * mask`` (here: plus one column, to find empty responses; in
   ``durian`` also by the masked log-prob sums, together with ``old_log_probs``). All group math runs on (bs,) / (G,)
-  vectors, with one torch intra-op thread on CPU (:func:`~verl_difficulty.estimators.common.one_intraop_thread`).
+  numpy float64 vectors on the host (a few thousand numbers: numpy's per-call cost is a fraction of torch's).
 """
 
 from __future__ import annotations
@@ -44,14 +44,13 @@ from verl_difficulty.estimators.common import (
     batch_group_metrics,
     finish,
     named_metrics,
-    one_intraop_thread,
     read_batch,
     read_float_column,
     reward_groups,
     summary_stats,
 )
 from verl_difficulty.estimators.config import DifficultyWeightingConfig
-from verl_difficulty.estimators.groups import STAT_DTYPE, group_count, group_mean
+from verl_difficulty.estimators.groups import STAT_DTYPE, as_array, group_count, group_mean
 from verl_difficulty.seam.inputs import response_verdicts, with_seam_inputs
 
 __all__ = [
@@ -71,32 +70,30 @@ METRIC_PART = "weighting"
 # ======================================================================================================================
 # P2 core
 # ======================================================================================================================
-def difficulty_weight(p: torch.Tensor, cfg: DifficultyWeightingConfig) -> torch.Tensor:
+def difficulty_weight(p: Any, cfg: DifficultyWeightingConfig) -> np.ndarray:
     r"""P2 weight ``w(p)``, decreasing in the pass rate ``p`` (P2, arXiv 2505.13261; the ``steep_exp`` formula is ours).
 
     With ``x = 1 - p``: ``steep_exp``: ``exp(beta * x**k)``; ``exponential``: ``exp(beta * x)``; ``linear``:
     ``1 + beta * x``; ``constant``: 1.
 
     Args:
-        p: (G,) float pass rates in [0, 1].
+        p: (G,) float pass rates in [0, 1] (array or tensor).
     Returns:
-        (G,) weights, same dtype as ``p``.
+        (G,) float64 weights.
     """
-    x = 1.0 - p
+    x = 1.0 - as_array(p, STAT_DTYPE)
     if cfg.weight == "constant":
-        return torch.ones_like(p)
+        return np.ones_like(x)
     if cfg.weight == "linear":
         return 1.0 + cfg.beta * x
     if cfg.weight == "exponential":
-        return torch.exp(cfg.beta * x)
+        return np.exp(cfg.beta * x)
     if cfg.weight == "steep_exp":
-        return torch.exp(cfg.beta * x.pow(cfg.steep_power))
+        return np.exp(cfg.beta * x ** cfg.steep_power)
     raise ValueError(f"unknown weight family {cfg.weight!r}")  # pragma: no cover (config validates)
 
 
-def pass_rates(
-    correct: torch.Tensor, gid: torch.Tensor, num_groups: int, valid: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pass_rates(correct: Any, gid: Any, num_groups: int, valid: Any) -> tuple[np.ndarray, np.ndarray]:
     """P2's online difficulty ``p_s``: per-prompt mean of the verdicts (what the difficulty sampler averages too).
 
     Args:
@@ -108,8 +105,8 @@ def pass_rates(
         p: (G,) float64 pass rates (0 where a prompt has no verdict).
         judged: (G,) float64 number of verdicts behind each ``p``.
     """
-    c = correct.to(device=gid.device, dtype=STAT_DTYPE)
-    has = valid & ~torch.isnan(c)
+    c = as_array(correct, STAT_DTYPE)
+    has = as_array(valid, bool) & ~np.isnan(c)
     judged = group_count(gid, num_groups, has)
     return group_mean(c, gid, num_groups, has, judged), judged
 
@@ -117,7 +114,7 @@ def pass_rates(
 def difficulty_weighted_advantage(
     scores: torch.Tensor,
     group_ids: torch.Tensor,
-    correct: torch.Tensor,
+    correct: Any,
     cfg: DifficultyWeightingConfig,
     valid: Optional[torch.Tensor] = None,
     num_groups: Optional[int] = None,
@@ -131,14 +128,14 @@ def difficulty_weighted_advantage(
     Args:
         scores: (bs,) float scalar rewards r.
         group_ids: (bs,) integer group (prompt) id of each response; any integer labels.
-        correct: (bs,) bool or float in [0, 1]; fractional values are averaged as given; NaN = no verdict (left out
-            of ``p``; a prompt without any verdict gets weight 1).
+        correct: (bs,) bool or float in [0, 1] (tensor or array); fractional values are averaged as given; NaN = no
+            verdict (left out of ``p``; a prompt without any verdict gets weight 1).
         cfg: the estimator's settings.
         valid: (bs,) bool, False for empty responses (advantage 0, excluded from statistics); default all True.
         num_groups: G when ``group_ids`` already are dense ids ``0..G-1`` (saves a check); else None.
 
     Returns:
-        advantages: (bs,) same dtype as ``scores`` (float32 if integer).
+        advantages: (bs,) same dtype and device as ``scores`` (float32 if integer).
         metrics: ``difficulty/weighting/*`` floats: weight_mean/min/max, pass_rate_mean/min/max (over prompts with a
             verdict), group_size_*, zero_variance_frac, singleton_frac, num_prompts, empty_responses.
 
@@ -149,23 +146,25 @@ def difficulty_weighted_advantage(
         raise ValueError(f"correct must be (bs,) like scores {tuple(scores.shape)}, got {tuple(correct.shape)}")
     g = reward_groups(scores, group_ids, valid, num_groups)
     m = g.moments
-    c = correct.to(scores.device, STAT_DTYPE)
-    if not bool((((c >= 0) & (c <= 1)) | torch.isnan(c)).all()):
+    c = as_array(correct, STAT_DTYPE)
+    with np.errstate(invalid="ignore"):  # NaN compares False; it is allowed below
+        in_range = ((c >= 0) & (c <= 1)) | np.isnan(c)
+    if not in_range.all():
         raise ValueError("correctness values must lie in [0, 1] (1 / 0 per response, NaN for no verdict); "
                          f"non_tensor_batch[{schema.CORRECT!r}] is the seam's verdict")
 
     p, judged = pass_rates(c, g.gid, g.num_groups, g.valid)
-    w = torch.where(judged > 0, difficulty_weight(p, cfg), torch.ones_like(p))
+    w = np.where(judged > 0, difficulty_weight(p, cfg), 1.0)
     present = m.present
-    if cfg.renormalize and bool(present.any()):
+    if cfg.renormalize and present.any():
         w = w / w[present].mean()
     scale = w if not cfg.keep_std else w / (m.std + cfg.epsilon)
-    adv = m.centred * scale.index_select(0, g.gid)
+    adv = m.centred * scale[g.gid]
 
     metrics = summary_stats("weight", w[present])
     metrics.update(summary_stats("pass_rate", p[present & (judged > 0)]))
     metrics.update(batch_group_metrics(m, g.valid))
-    return adv.to(g.out_dtype), named_metrics(METRIC_PART, metrics)
+    return g.advantages(adv), named_metrics(METRIC_PART, metrics)
 
 
 # ======================================================================================================================
@@ -211,8 +210,7 @@ def compute_difficulty_weighted_advantage(
     cfg = DifficultyWeightingConfig.from_algorithm_config(config)
     with torch.no_grad():
         batch = read_batch(token_level_rewards, response_mask, index, non_tensor_batch)
-        with one_intraop_thread(batch.scores.device):
-            correct = torch.from_numpy(response_correct(non_tensor_batch, batch.scores, batch.valid))
-            adv, metrics = difficulty_weighted_advantage(batch.scores, batch.gid, correct, cfg, valid=batch.valid,
-                                                         num_groups=batch.num_groups)
+        correct = response_correct(non_tensor_batch, batch.scores, batch.valid)
+        adv, metrics = difficulty_weighted_advantage(batch.scores, batch.gid, correct, cfg, valid=batch.valid,
+                                                     num_groups=batch.num_groups)
         return finish(adv, metrics, response_mask, batch)

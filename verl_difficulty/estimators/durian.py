@@ -57,7 +57,6 @@ from verl_difficulty.estimators.common import (
     check_finite,
     finish,
     named_metrics,
-    one_intraop_thread,
     read_batch,
     read_float_column,
     reward_groups,
@@ -67,6 +66,7 @@ from verl_difficulty.estimators.config import DurianConfig
 from verl_difficulty.estimators.groups import (
     STAT_DTYPE,
     GroupMoments,
+    as_array,
     group_mean,
     pooled_moments,
     row_sums,
@@ -119,58 +119,57 @@ def _fractions(qs: Sequence[float]) -> list[Fraction]:
     return [Fraction(q).limit_denominator(10**6) if not isinstance(q, Fraction) else q for q in qs]
 
 
-def quantile_edges(values: torch.Tensor, fractions: Sequence[Fraction | float]) -> torch.Tensor:
+def quantile_edges(values: Any, fractions: Sequence[Fraction | float]) -> np.ndarray:
     r"""Linear-interpolation quantiles of ``values`` at exact rational ``fractions`` (P3 regrouping, arXiv 2602.21743).
 
-    Same as ``torch.quantile(values, q, interpolation="linear")`` but the sorted position ``q (P - 1)`` is computed in
+    Same as ``numpy.quantile(values, q, method="linear")`` but the sorted position ``q (P - 1)`` is computed in
     integer arithmetic, so an edge at an integer position is exactly a data value (ties at edges are then
     deterministic).
 
     Args:
-        values: (P,) float, P >= 1.
+        values: (P,) float (array or tensor), P >= 1.
         fractions: k increasing fractions in [0, 1].
     Returns:
-        (k,) non-decreasing edges, dtype of ``values``.
+        (k,) non-decreasing float64 edges.
     """
     fr = _fractions(fractions)
-    sv = torch.sort(values).values
-    last = sv.numel() - 1
-    num = torch.tensor([f.numerator for f in fr], dtype=torch.int64, device=values.device) * last
-    den = torch.tensor([f.denominator for f in fr], dtype=torch.int64, device=values.device)
-    lo = torch.div(num, den, rounding_mode="floor")
+    sv = np.sort(as_array(values, STAT_DTYPE))
+    last = sv.size - 1
+    num = np.array([f.numerator for f in fr], dtype=np.int64) * last
+    den = np.array([f.denominator for f in fr], dtype=np.int64)
+    lo = num // den
     rem = num - lo * den
-    hi = (lo + 1).clamp(max=last)
+    hi = np.minimum(lo + 1, last)
     v_lo, v_hi = sv[lo], sv[hi]
-    frac = rem.to(values.dtype) / den.to(values.dtype)
-    interp = torch.minimum(v_lo + (v_hi - v_lo) * frac, v_hi)
-    return torch.where(rem == 0, v_lo, interp)
+    interp = np.minimum(v_lo + (v_hi - v_lo) * (rem / den), v_hi)
+    return np.where(rem == 0, v_lo, interp)
 
 
 def quantile_group_ids(
-    values: torch.Tensor,
+    values: Any,
     fractions: Sequence[Fraction | float],
     edges: Optional[Sequence[float]] = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     r"""Group index of each value: the number of edges strictly below it (ties at an edge -> lower group).
 
     P3 regrouping (arXiv 2602.21743): perceptual 25th/75th percentiles, reasoning b equal-frequency groups.
 
     Args:
-        values: (P,) float, one per prompt.
+        values: (P,) float, one per prompt (array or tensor).
         fractions: the k quantile fractions (k + 1 groups) used when ``edges`` is None.
         edges: k fixed non-decreasing edges (dataset-level), or None for batch quantiles of ``values``.
     Returns:
         groups: (P,) int64 in [0, k].
-        edges: (k,) the edges used.
+        edges: (k,) float64, the edges used.
     """
+    values = as_array(values, STAT_DTYPE)
     if edges is None:
-        if values.numel() == 0:
-            return (torch.zeros(0, dtype=torch.int64, device=values.device),
-                    torch.zeros(len(fractions), dtype=values.dtype, device=values.device))
+        if values.size == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(len(fractions), dtype=STAT_DTYPE)
         e = quantile_edges(values, fractions)
     else:
-        e = torch.as_tensor(list(edges), dtype=values.dtype, device=values.device)
-    return torch.bucketize(values, e, right=False), e
+        e = np.asarray(list(edges), dtype=STAT_DTYPE)
+    return np.searchsorted(e, values, side="left").astype(np.int64, copy=False), e
 
 
 # ======================================================================================================================
@@ -178,38 +177,36 @@ def quantile_group_ids(
 # ======================================================================================================================
 def _branch(
     name: str,
-    prompt_values: torch.Tensor,
-    present_idx: torch.Tensor,
+    prompt_values: np.ndarray,
+    present_idx: np.ndarray,
     fractions: Sequence[Fraction | float],
     edges: Optional[Sequence[float]],
     m: GroupMoments,
     eps: float,
     metrics: dict[str, Any],
-) -> torch.Tensor:
+) -> np.ndarray:
     """One regrouped P3 branch (arXiv 2602.21743): quantile groups of the present prompts' (G,) values, the pooled
     sigma_a of each group's rollouts, and the (G,) per-prompt factor ``1 / (sigma_{a(s)} + eps)`` of
     ``A^X = (r - mu_s) / (sigma_a + eps)``. ``present_idx``: the prompts with rollouts. Adds its metrics."""
     num_pools = len(fractions) + 1
-    values = prompt_values.index_select(0, present_idx)
+    values = prompt_values[present_idx]
     metrics.update(summary_stats("entropy" if name == "percep" else "confidence", values))
     groups, used_edges = quantile_group_ids(values, fractions, edges)
     # absent prompts (no rollouts) stay in pool 0: they add nothing to any pool
-    pool_of_prompt = torch.zeros(m.count.numel(), dtype=torch.int64, device=m.count.device)
-    pool_of_prompt.index_copy_(0, present_idx, groups)
+    pool_of_prompt = np.zeros(m.count.size, dtype=np.int64)
+    pool_of_prompt[present_idx] = groups
     pool = pooled_moments(m, pool_of_prompt, num_pools)
 
-    # per-group metrics: three small host transfers, then plain floats (the computation above is vectorised)
-    n_prompts = torch.bincount(groups, minlength=num_pools).tolist()
-    stds, nonempty = pool.std.tolist(), pool.present.tolist()
+    n_prompts = np.bincount(groups, minlength=num_pools)
     for j in range(num_pools):
         metrics[f"{name}_prompts/g{j}"] = float(n_prompts[j])
-        if name == "percep" or nonempty[j]:
-            metrics[f"{name}_std/g{j}"] = stds[j]
-    if name == "percep" and (edges is not None or groups.numel() > 0):
+        if name == "percep" or pool.present[j]:
+            metrics[f"{name}_std/g{j}"] = float(pool.std[j])
+    if name == "percep" and (edges is not None or groups.size > 0):
         for k, e in enumerate(used_edges.tolist()):
             metrics[f"{name}_edge/{k}"] = e
     metrics.update(summary_stats(f"{name}_std", pool.std[pool.present]))
-    return 1.0 / (pool.std.index_select(0, pool_of_prompt) + eps)
+    return 1.0 / (pool.std[pool_of_prompt] + eps)
 
 
 def durian_advantage(
@@ -217,8 +214,8 @@ def durian_advantage(
     group_ids: torch.Tensor,
     cfg: DurianConfig,
     *,
-    entropy: Optional[torch.Tensor] = None,
-    confidence: Optional[torch.Tensor] = None,
+    entropy: Optional[Any] = None,
+    confidence: Optional[Any] = None,
     valid: Optional[torch.Tensor] = None,
     num_groups: Optional[int] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -231,14 +228,16 @@ def durian_advantage(
         scores: (bs,) float scalar rewards r.
         group_ids: (bs,) integer prompt (group) id of each response.
         cfg: the estimator's settings; a branch with alpha 0 is skipped and needs no input.
-        entropy: (bs,) float visual entropy per response (NaN = missing); needed when ``alpha_percep > 0``.
+        entropy: (bs,) float visual entropy per response (NaN = missing; tensor or array); needed when
+            ``alpha_percep > 0``.
         confidence: (bs,) float per-response confidence (length-normalised sequence log-prob, or summed token
-            probability); needed when ``alpha_reason > 0``. The prompt's L is the mean over its non-empty responses.
+            probability; tensor or array); needed when ``alpha_reason > 0``. The prompt's L is the mean over its
+            non-empty responses.
         valid: (bs,) bool, False for empty responses (advantage 0, excluded from every statistic).
         num_groups: G when ``group_ids`` already are dense ids ``0..G-1`` (saves a check); else None.
 
     Returns:
-        advantages: (bs,) dtype of ``scores`` (float32 if integer).
+        advantages: (bs,) dtype and device of ``scores`` (float32 if integer).
         metrics: ``difficulty/durian/*`` floats: percep_std/g0..g2, percep_prompts/g0..g2, percep_edge/0..1,
             reason_std/g*, reason_prompts/g*, *_std_mean/min/max, entropy_* and confidence_* (mean/min/max over
             prompts), percep_active, group_size_*, zero_variance_frac, singleton_frac, num_prompts, empty_responses.
@@ -248,19 +247,18 @@ def durian_advantage(
     """
     g = reward_groups(scores, group_ids, valid, num_groups)
     gid, num_groups, valid, m = g.gid, g.num_groups, g.valid, g.moments
-    present_idx = torch.nonzero(m.present).flatten()
+    present_idx = np.flatnonzero(m.present)
     eps = cfg.epsilon
-    dev = scores.device
 
     metrics: dict[str, Any] = batch_group_metrics(m, valid)
     # A = (r - mu_s) * factor_s, factor_s = sum over the active branches of alpha / (that branch's std + eps)
-    factor = torch.zeros(num_groups, dtype=STAT_DTYPE, device=dev)
+    factor = np.zeros(num_groups, dtype=STAT_DTYPE)
     if cfg.alpha_ori > 0:
         factor += cfg.alpha_ori / (m.std + eps)
 
     if cfg.alpha_percep > 0:
-        entropy = None if entropy is None else entropy.to(dev, STAT_DTYPE)
-        missing = int(valid.sum()) if entropy is None else int((valid & ~torch.isfinite(entropy)).sum())
+        entropy = None if entropy is None else as_array(entropy, STAT_DTYPE)
+        missing = int(valid.sum()) if entropy is None else int((valid & ~np.isfinite(entropy)).sum())
         if missing:
             message = _missing_entropy_message(cfg.alpha_percep, missing, int(valid.sum()))
             if cfg.on_missing_entropy == "error":
@@ -282,14 +280,13 @@ def durian_advantage(
                 f"durian: alpha_reason={cfg.alpha_reason} needs per-response confidences (from old_log_probs); "
                 "set algorithm.difficulty.durian.alpha_reason=0 to run without them"
             )
-        conf = confidence.to(dev, STAT_DTYPE)
-        check_finite(torch.where(valid, conf, torch.zeros_like(conf)), "confidence (mean old_log_prob)")
+        conf = as_array(confidence, STAT_DTYPE)
+        check_finite(np.where(valid, conf, 0.0), "confidence (mean old_log_prob)")
         lval = group_mean(conf, gid, num_groups, valid, m.count)
         fractions = [Fraction(k, cfg.reason_groups) for k in range(1, cfg.reason_groups)]
         factor += cfg.alpha_reason * _branch("reason", lval, present_idx, fractions, None, m, eps, metrics)
 
-    adv = m.centred * factor.index_select(0, gid)
-    return adv.to(g.out_dtype), named_metrics(METRIC_PART, metrics)
+    return g.advantages(m.centred * factor[gid]), named_metrics(METRIC_PART, metrics)
 
 
 # ======================================================================================================================
@@ -324,13 +321,13 @@ def read_visual_entropy(non_tensor_batch: Optional[dict], bs: int) -> Optional[n
         raise ValueError(f"{EXTRA_INFO}[i][{VISUAL_ENTROPY!r}] must be a number, got {bad!r}") from exc
 
 
-def _confidence(lp_sum: torch.Tensor, lengths: torch.Tensor, sum_prob: bool) -> torch.Tensor:
+def _confidence(lp_sum: torch.Tensor, lengths: torch.Tensor, sum_prob: bool) -> np.ndarray:
     """(bs,) masked log-prob sums (or probability sums), (bs,) lengths -> (bs,) float64 confidence; 0 on empty rows."""
-    total = lp_sum.to(STAT_DTYPE)
+    total = as_array(lp_sum, STAT_DTYPE)
     if sum_prob:
         return total
-    lengths = lengths.to(STAT_DTYPE)
-    return torch.where(lengths > 0, total / lengths.clamp(min=1.0), torch.zeros_like(total))
+    lengths = as_array(lengths, STAT_DTYPE)
+    return np.where(lengths > 0, total / np.maximum(lengths, 1.0), 0.0)
 
 
 def response_confidence(
@@ -355,7 +352,8 @@ def response_confidence(
     """
     dtype = response_mask.dtype if response_mask.is_floating_point() else torch.float32
     sums = row_sums(response_mask, None, old_log_probs, exp_log_probs=sum_prob, dtype=dtype)
-    return _confidence(sums.log_prob_sum, sums.lengths if lengths is None else lengths, sum_prob)
+    conf = _confidence(sums.log_prob_sum, sums.lengths if lengths is None else lengths, sum_prob)
+    return torch.from_numpy(conf).to(old_log_probs.device)
 
 
 @register_adv_est(ESTIMATOR_NAME)
@@ -387,22 +385,19 @@ def compute_durian_advantage(
     cfg = DurianConfig.from_algorithm_config(config)
     with torch.no_grad():
         lp = old_log_probs if cfg.alpha_reason > 0 else None
+        entropy = None if cfg.alpha_percep <= 0 else read_visual_entropy(non_tensor_batch, token_level_rewards.shape[0])
         batch = read_batch(token_level_rewards, response_mask, index, non_tensor_batch, lp, exp_log_probs=cfg.sum_prob)
-        with one_intraop_thread(batch.scores.device):
-            entropy, confidence = _branch_inputs(cfg, batch, non_tensor_batch, old_log_probs)
-            adv, metrics = durian_advantage(batch.scores, batch.gid, cfg, entropy=entropy, confidence=confidence,
-                                            valid=batch.valid, num_groups=batch.num_groups)
+        entropy, confidence = _branch_inputs(cfg, batch, entropy, old_log_probs)
+        adv, metrics = durian_advantage(batch.scores, batch.gid, cfg, entropy=entropy, confidence=confidence,
+                                        valid=batch.valid, num_groups=batch.num_groups)
         return finish(adv, metrics, response_mask, batch)
 
 
 def _branch_inputs(
-    cfg: DurianConfig, batch: TokenBatch, non_tensor_batch: Optional[dict], old_log_probs: Optional[torch.Tensor]
-) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """(bs,) visual entropy and confidence for the active branches; every missing input is named at once."""
-    entropy = None
-    if cfg.alpha_percep > 0:
-        ent = read_visual_entropy(non_tensor_batch, batch.scores.shape[0])
-        entropy = None if ent is None else torch.from_numpy(ent)
+    cfg: DurianConfig, batch: TokenBatch, entropy: Optional[np.ndarray], old_log_probs: Optional[torch.Tensor]
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """(bs,) float64 visual entropy (as read by :func:`read_visual_entropy`, None: no source) and confidence for the
+    active branches; every missing input is named at once."""
     problems = []
     if cfg.alpha_reason > 0 and old_log_probs is None:
         problems.append(_missing_log_probs_message(cfg.alpha_reason))

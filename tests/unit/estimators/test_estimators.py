@@ -403,7 +403,7 @@ def test_exponential_beta_bound():
     for family in ("exponential", "steep_exp"):
         cfg = DifficultyWeightingConfig.from_algorithm_config(algo(weighting={"weight": family, "beta": MAX_EXP_BETA}))
         w = difficulty_weight(torch.zeros(1, dtype=torch.float32), cfg)
-        assert torch.isfinite(w).all()
+        assert np.isfinite(w.astype(np.float32)).all()  # the weight of an unsolved prompt fits float32
     # linear weights 1 + beta stay finite for any finite beta
     assert DifficultyWeightingConfig.from_algorithm_config(algo(weighting={"weight": "linear", "beta": 1e3})).beta == 1e3
     batch = make_batch([4, 4], seed=23, reward_values=(0.0, 1.0))
@@ -459,8 +459,8 @@ def test_weight_families_are_decreasing_in_p():
     p = torch.linspace(0, 1, 11, dtype=torch.float64)
     for family in ("linear", "exponential", "steep_exp"):
         w = difficulty_weight(p, DifficultyWeightingConfig(weight=family))
-        assert torch.all(w[1:] < w[:-1]) and w[-1] == 1.0
-    assert torch.all(difficulty_weight(p, DifficultyWeightingConfig(weight="constant")) == 1)
+        assert np.all(w[1:] < w[:-1]) and w[-1] == 1.0
+    assert np.all(difficulty_weight(p, DifficultyWeightingConfig(weight="constant")) == 1)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -767,14 +767,14 @@ def test_ties_at_quantile_edges():
     assert quantile_group_ids(torch.tensor([1.0, 1.5, 2.0, 2.5]), [], edges=[1.5, 2.0])[0].tolist() == [0, 0, 1, 2]
 
 
-def test_quantile_edges_match_torch_quantile():
+def test_quantile_edges_match_torch_quantile():  # inputs: tensors, outputs: numpy float64
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 3, 7, 50, 333):
         x = torch.randn(n, generator=g, dtype=torch.float64)
         for b in (2, 3, 12, 16):
             fr = [Fraction(k, b) for k in range(1, b)]
             ref = torch.quantile(x, torch.tensor([float(f) for f in fr], dtype=torch.float64))
-            torch.testing.assert_close(quantile_edges(x, fr), ref, atol=1e-12, rtol=0)
+            np.testing.assert_allclose(quantile_edges(x, fr), ref.numpy(), atol=1e-12, rtol=0)
 
 
 def test_durian_missing_entropy_error_and_warn_once(monkeypatch):
@@ -883,14 +883,8 @@ def test_durian_confidence_ignores_masked_positions(sum_prob):
 
 
 @pytest.mark.parametrize("which", ["dw", "durian"])
-def test_estimators_restore_the_torch_thread_count(which):
-    from verl_difficulty.estimators.common import one_intraop_thread
-
+def test_estimators_leave_the_torch_thread_count_alone(which):
     before = torch.get_num_threads()
     batch = make_batch([4, 4, 3], seed=24)
     run_dw(batch) if which == "dw" else run_durian(batch)
-    assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError, match="boom"):  # restored on errors too
-        with one_intraop_thread(torch.device("cpu")):
-            raise RuntimeError("boom")
     assert torch.get_num_threads() == before

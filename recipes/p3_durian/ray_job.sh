@@ -11,6 +11,11 @@
 #     bash ray_job.sh [extra hydra overrides for main_ppo ...]
 # The plugin must be installed on every node (pip install verl-difficulty), or shipped with the job:
 # PLUGIN_WHEEL=/shared/verl_difficulty-<version>-py3-none-any.whl adds it to the job's runtime env (pip).
+# PYTHON, when set, names the interpreter both here and in the job (it must exist on the cluster's nodes); unset,
+# each side runs the python3 on its own PATH.
+# A cluster with token authentication (`ray start` turns it on where ~/.ray/auth_token exists, e.g. after a local
+# ray.init()) answers `ray job submit` 'Unauthorized' unless RAY_AUTH_MODE=token is exported here too, with the
+# cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RECIPE=p3_durian
@@ -35,6 +40,7 @@ RUNTIME_ENV="$("$PYTHON" - "$PLUGIN_WHEEL" <<'PY'
 import json, os, sys
 keys = ["MODEL_PATH", "SOURCE", "WORK", "VARIANT", "NNODES", "N_GPUS_PER_NODE", "STAGES", "SCORE_WORKERS",
         "SCORE_GPUS_PER_WORKER", "SCORE_ARGS", "TRAIN_OVERRIDES", "VERL_PLATFORM", "VERL_DIFFICULTY_IGNORE_PIN"]
+keys.append("PYTHON")  # when set, the job runs that interpreter, not whichever python3 the cluster's PATH finds
 env = {"env_vars": {k: os.environ[k] for k in keys if k in os.environ}}
 if sys.argv[1]:
     env["pip"] = [os.path.abspath(sys.argv[1])]

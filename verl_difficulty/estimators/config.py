@@ -146,7 +146,8 @@ class DurianConfig:
             ``old_log_probs`` are needed. Paper ablation row.
         percep_quantiles (`list[float]`, *optional*, defaults to `[0.25, 0.75]`):
             Quantiles of the prompts' visual entropy H over the batch that split the 3 perceptual groups (paper:
-            25th and 75th percentiles). Linear interpolation (``torch.quantile``'s default). ``0 < q1 < q2 < 1``.
+            25th and 75th percentiles). Linear interpolation (the default of ``numpy.quantile``).
+            ``0 < q1 < q2 < 1``.
         percep_edges (`list[float]` or `None`, *optional*, defaults to `None`):
             Fixed edges ``[e1, e2]`` (e.g. dataset-level 25th/75th percentiles of H computed offline), used instead
             of the batch quantiles; the paper's option of dataset-level quantiles. ``e1 <= e2``.

@@ -23,7 +23,7 @@ Quantile groups, defined precisely (both branches):
   fraction ``q`` sits at sorted position ``q (P - 1)``. Fractions are kept exact: reasoning edges are ``k / b``,
   ``k = 1..b-1``, computed in integer arithmetic; configured percentile fractions are converted to the nearest
   fraction with denominator <= 1e6 (0.25 -> 1/4 exactly). An edge at an integer position is exactly that value.
-* A prompt goes to group ``j`` = number of edges strictly below its value (``torch.bucketize(right=False)``):
+* A prompt goes to group ``j`` = number of edges strictly below its value (``numpy.searchsorted(side="left")``):
   ``g0 = {v <= e1}``, ``g1 = {e1 < v <= e2}``, ... **Ties at an edge go to the lower group**, so equal values always
   share a group and the assignment does not depend on the order of prompts.
 * **All prompts with the same value** (or a single prompt): every edge equals that value, every prompt is in group
